@@ -1,0 +1,142 @@
+"""Conversions between the wire (hivegrid.v1 protos) and the core's domain types."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hivegrid.v1 import graph_pb2 as gpb
+from hivegrid.v1 import run_pb2 as rpb
+
+from . import core
+from .core import graph as core_graph
+
+_DEFAULT_RETRY = core.RetryPolicy()
+
+
+def retry_from_pb(msg: gpb.RetryPolicy) -> core.RetryPolicy:
+    d = _DEFAULT_RETRY
+    return core.RetryPolicy(
+        max_attempts=msg.max_attempts or d.max_attempts,
+        initial_backoff_s=msg.initial_backoff_s or d.initial_backoff_s,
+        max_backoff_s=msg.max_backoff_s or d.max_backoff_s,
+        multiplier=msg.multiplier or d.multiplier,
+        jitter=msg.jitter,
+    )
+
+
+def spec_from_pb(msg: gpb.NodeSpec, node_id: str | None = None) -> core.NodeSpec:
+    return core.NodeSpec(
+        id=node_id if node_id is not None else msg.id,
+        agent=msg.agent,
+        input=msg.input,
+        depends_on=tuple(msg.depends_on),
+        retry=retry_from_pb(msg.retry) if msg.HasField("retry") else _DEFAULT_RETRY,
+        timeout_s=msg.timeout_s,
+        priority=msg.priority,
+        labels=tuple(sorted(msg.labels.items())) if msg.labels else (),
+        can_mutate=msg.can_mutate,
+        metadata=dict(msg.metadata) if msg.metadata else {},
+        run_on_failure=msg.run_on_failure,
+    )
+
+
+def specs_for_submit(nodes: Iterable[gpb.NodeSpec]) -> list[core.NodeSpec]:
+    """Nodes submitted without an id get `n<position>` (1-based)."""
+    return [spec_from_pb(n, n.id or f"n{i}") for i, n in enumerate(nodes, 1)]
+
+
+def limits_from_pb(msg: gpb.RunLimits, default: core.RunLimits) -> core.RunLimits:
+    return core.RunLimits(
+        max_nodes=msg.max_nodes or default.max_nodes,
+        max_spawn_depth=msg.max_spawn_depth or default.max_spawn_depth,
+    )
+
+
+def mutation_from_pb(m: gpb.Mutation) -> core.Mutation:
+    kind = m.WhichOneof("kind")
+    if kind == "add_node":
+        return core.AddNode(spec_from_pb(m.add_node.node), m.add_node.speculative)
+    if kind == "add_edge":
+        return core.AddEdge(m.add_edge.from_id, m.add_edge.to_id)
+    if kind == "remove_edge":
+        return core.RemoveEdge(m.remove_edge.from_id, m.remove_edge.to_id)
+    if kind == "remove_node":
+        return core.RemoveNode(m.remove_node.id)
+    if kind == "modify_node":
+        x = m.modify_node
+        return core.ModifyNode(
+            x.id,
+            input=x.input if x.HasField("input") else None,
+            priority=x.priority if x.HasField("priority") else None,
+            retry=retry_from_pb(x.retry) if x.HasField("retry") else None,
+            timeout_s=x.timeout_s if x.HasField("timeout_s") else None,
+        )
+    if kind == "split_node":
+        return core.SplitNode(
+            m.split_node.id, tuple(spec_from_pb(r) for r in m.split_node.replacements)
+        )
+    if kind == "inject_before":
+        return core.InjectBefore(m.inject_before.target_id, spec_from_pb(m.inject_before.node))
+    if kind == "prune_subgraph":
+        return core.PruneSubgraph(m.prune_subgraph.root_id)
+    if kind == "mark_speculative":
+        return core.MarkSpeculative(m.mark_speculative.id)
+    if kind == "confirm_speculative":
+        return core.ConfirmSpeculative(m.confirm_speculative.id)
+    if kind == "discard_speculative":
+        return core.DiscardSpeculative(m.discard_speculative.id)
+    raise core.GraphError("a mutation without a kind")
+
+
+def mutations_from_pb(ms: Iterable[gpb.Mutation]) -> list[core.Mutation]:
+    return [mutation_from_pb(m) for m in ms]
+
+
+def error_from_pb(msg: gpb.NodeError) -> core.NodeError:
+    return core.NodeError(msg.message, msg.retryable, msg.kind or "agent")
+
+
+def error_to_pb(err: core.NodeError | None) -> gpb.NodeError | None:
+    if err is None:
+        return None
+    return gpb.NodeError(message=err.message, retryable=err.retryable, kind=err.kind)
+
+
+def run_info(run: core_graph.Run) -> rpb.RunInfo:
+    c = run.counts
+    S = core.NodeState
+    return rpb.RunInfo(
+        run_id=run.run_id,
+        name=run.name,
+        state=int(run.state),  # type: ignore[arg-type]
+        counts=rpb.NodeCounts(
+            pending=c[S.PENDING],
+            ready=c[S.READY],
+            running=c[S.RUNNING],
+            succeeded=c[S.SUCCEEDED],
+            failed=c[S.FAILED],
+            cancelled=c[S.CANCELLED],
+            skipped=c[S.SKIPPED],
+            speculative=c[S.SPECULATIVE],
+        ),
+        created_at=run.created_at,
+        ended_at=run.ended_at,
+        last_seq=run.last_seq,
+    )
+
+
+def node_status(node: core_graph.Node, *, with_result: bool) -> rpb.NodeStatus:
+    msg = rpb.NodeStatus(
+        id=node.id,
+        agent=node.spec.agent,
+        state=int(node.state),  # type: ignore[arg-type]
+        attempts=node.attempt,
+        depends_on=node.deps,
+        parent_id=node.parent_id,
+        spawn_depth=node.depth,
+    )
+    if with_result and node.state is core.NodeState.SUCCEEDED:
+        msg.result = node.result
+    if node.error is not None and node.state is not core.NodeState.SUCCEEDED:
+        msg.error.CopyFrom(error_to_pb(node.error))
+    return msg

@@ -1,0 +1,62 @@
+"""The core of the coordinator: a pure state machine (no I/O, no clock, no asyncio).
+
+Read `scheduler.py` for the theory of operation, `graph.py` for readiness and the transition
+table, `mutations.py` for atomic mutation batches. The runtime (`coordinator/runtime.py`) is the
+only caller.
+"""
+
+from .model import (
+    AckStatus,
+    AddEdge,
+    AddNode,
+    ConfirmSpeculative,
+    DiscardSpeculative,
+    GraphError,
+    InjectBefore,
+    MarkSpeculative,
+    ModifyNode,
+    Mutation,
+    NodeError,
+    NodeSpec,
+    NodeState,
+    Outcome,
+    PruneSubgraph,
+    RemoveEdge,
+    RemoveNode,
+    RetryPolicy,
+    RunLimits,
+    RunState,
+    SplitNode,
+)
+from .scheduler import Assignment, CancelOrder, Core, Record, Session
+from .validate import validate
+
+__all__ = [
+    "AckStatus",
+    "AddEdge",
+    "AddNode",
+    "Assignment",
+    "CancelOrder",
+    "ConfirmSpeculative",
+    "Core",
+    "DiscardSpeculative",
+    "GraphError",
+    "InjectBefore",
+    "MarkSpeculative",
+    "ModifyNode",
+    "Mutation",
+    "NodeError",
+    "NodeSpec",
+    "NodeState",
+    "Outcome",
+    "PruneSubgraph",
+    "Record",
+    "RemoveEdge",
+    "RemoveNode",
+    "RetryPolicy",
+    "RunLimits",
+    "RunState",
+    "Session",
+    "SplitNode",
+    "validate",
+]

@@ -1,0 +1,363 @@
+"""Atomic mutation batches.
+
+A batch is first played against a `_View`, an overlay over the run that records what the batch
+would add, remove, rewire and change, checking every step against the graph as the earlier steps
+left it. Only when the whole batch is valid (and creates no cycle) is the overlay committed to the
+run; a rejected batch raises `GraphError` and leaves the run untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from .graph import Node, Run, is_ancestor_free
+from .model import (
+    NOT_STARTED,
+    TERMINAL,
+    AddEdge,
+    AddNode,
+    ConfirmSpeculative,
+    DiscardSpeculative,
+    GraphError,
+    InjectBefore,
+    MarkSpeculative,
+    ModifyNode,
+    Mutation,
+    NodeError,
+    NodeSpec,
+    NodeState,
+    PruneSubgraph,
+    RemoveEdge,
+    RemoveNode,
+    SplitNode,
+)
+
+PRUNED_ERROR = NodeError("pruned", kind="cancelled")
+DISCARDED_ERROR = NodeError("speculative node discarded", kind="skipped")
+
+
+def check_spec(spec: NodeSpec, where: str) -> None:
+    if not spec.id:
+        raise GraphError(f"{where}: node id must not be empty")
+    if not spec.agent:
+        raise GraphError(f"{where}: node {spec.id!r} has no agent")
+    if spec.timeout_s < 0:
+        raise GraphError(f"{where}: node {spec.id!r}: timeout_s must not be negative")
+    if len(set(spec.depends_on)) != len(spec.depends_on):
+        raise GraphError(f"{where}: node {spec.id!r} lists a dependency twice")
+    if spec.id in spec.depends_on:
+        raise GraphError(f"{where}: node {spec.id!r} depends on itself (cycle)")
+    spec.retry.check(f"{where}: node {spec.id!r}")
+
+
+class _View:
+    __slots__ = ("actor", "added", "deps", "marks", "modified", "prunes", "removed", "run")
+
+    def __init__(self, run: Run, actor: Node | None) -> None:
+        self.run = run
+        self.actor = actor
+        self.added: dict[str, tuple[NodeSpec, bool]] = {}
+        self.removed: set[str] = set()
+        # New dependency lists of the nodes whose edges the batch touches.
+        self.deps: dict[str, list[str]] = {}
+        self.modified: dict[str, NodeSpec] = {}
+        self.marks: dict[str, str] = {}
+        self.prunes: list[str] = []
+
+    def exists(self, node_id: str) -> bool:
+        if node_id in self.removed:
+            return False
+        return node_id in self.added or node_id in self.run.nodes
+
+    def require(self, node_id: str, what: str) -> None:
+        if not self.exists(node_id):
+            raise GraphError(f"{what}: unknown node {node_id!r}")
+
+    def state(self, node_id: str) -> NodeState:
+        mark = self.marks.get(node_id)
+        if mark == "mark":
+            return NodeState.SPECULATIVE
+        if mark == "confirm":
+            return NodeState.PENDING
+        if mark == "discard":
+            return NodeState.SKIPPED
+        if node_id in self.added:
+            return NodeState.SPECULATIVE if self.added[node_id][1] else NodeState.PENDING
+        return self.run.nodes[node_id].state
+
+    def require_not_started(self, node_id: str, what: str) -> None:
+        self.require(node_id, what)
+        if self.actor is not None and node_id == self.actor.id:
+            raise GraphError(f"{what}: node {node_id!r} is the node sending the mutations")
+        state = self.state(node_id)
+        if state not in NOT_STARTED:
+            raise GraphError(f"{what}: node {node_id!r} already started ({state.name})")
+
+    def deps_of(self, node_id: str) -> list[str]:
+        got = self.deps.get(node_id)
+        if got is not None:
+            return got
+        if node_id in self.added:
+            return list(self.added[node_id][0].depends_on)
+        node = self.run.nodes.get(node_id)
+        return node.deps if node is not None else []
+
+    def edit_deps(self, node_id: str) -> list[str]:
+        got = self.deps.get(node_id)
+        if got is None:
+            got = self.deps[node_id] = list(self.deps_of(node_id))
+        return got
+
+    def dependents_of(self, node_id: str) -> list[str]:
+        out: list[str] = []
+        node = self.run.nodes.get(node_id)
+        if node is not None:
+            out.extend(
+                d
+                for d in node.dependents
+                if d not in self.removed and d not in self.deps and d not in self.added
+            )
+        out.extend(n for n, deps in self.deps.items() if node_id in deps and n not in self.removed)
+        out.extend(
+            n
+            for n, (spec, _) in self.added.items()
+            if n not in self.deps and node_id in spec.depends_on
+        )
+        return out
+
+    # --- one method per mutation kind ---------------------------------------------------
+
+    def add_node(self, spec: NodeSpec, speculative: bool, what: str) -> None:
+        check_spec(spec, what)
+        if self.exists(spec.id) or spec.id in self.removed:
+            raise GraphError(f"{what}: duplicate node id {spec.id!r}")
+        for dep in spec.depends_on:
+            self.require(dep, f"{what}: dependency of {spec.id!r}")
+        self.added[spec.id] = (spec, speculative)
+
+    def add_edge(self, from_id: str, to_id: str, what: str) -> None:
+        self.require(from_id, what)
+        self.require_not_started(to_id, what)
+        deps = self.edit_deps(to_id)
+        if from_id in deps:
+            raise GraphError(f"{what}: {to_id!r} already depends on {from_id!r}")
+        deps.append(from_id)
+
+    def remove_edge(self, from_id: str, to_id: str, what: str) -> None:
+        self.require(from_id, what)
+        self.require_not_started(to_id, what)
+        deps = self.edit_deps(to_id)
+        if from_id not in deps:
+            raise GraphError(f"{what}: {to_id!r} does not depend on {from_id!r}")
+        deps.remove(from_id)
+
+    def remove_node(self, node_id: str, what: str) -> None:
+        self.require_not_started(node_id, what)
+        for dependent in self.dependents_of(node_id):
+            self.edit_deps(dependent).remove(node_id)
+        self.removed.add(node_id)
+        self.deps.pop(node_id, None)
+
+    def modify_node(self, m: ModifyNode, what: str) -> None:
+        self.require_not_started(m.id, what)
+        base = self.modified.get(m.id)
+        if base is None:
+            base = self.added[m.id][0] if m.id in self.added else self.run.nodes[m.id].spec
+        changes: dict[str, object] = {}
+        if m.input is not None:
+            changes["input"] = m.input
+        if m.priority is not None:
+            changes["priority"] = m.priority
+        if m.retry is not None:
+            m.retry.check(what)
+            changes["retry"] = m.retry
+        if m.timeout_s is not None:
+            if m.timeout_s < 0:
+                raise GraphError(f"{what}: timeout_s must not be negative")
+            changes["timeout_s"] = m.timeout_s
+        self.modified[m.id] = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+    def split_node(self, m: SplitNode, what: str) -> None:
+        self.require_not_started(m.id, what)
+        if not m.replacements:
+            raise GraphError(f"{what}: split of {m.id!r} needs at least one replacement")
+        inherited = tuple(self.deps_of(m.id))
+        dependents = self.dependents_of(m.id)
+        new_ids = [r.id for r in m.replacements]
+        self.remove_node(m.id, what)
+        for spec in m.replacements:
+            if not spec.depends_on:
+                spec = dataclasses.replace(spec, depends_on=inherited)
+            self.add_node(spec, False, what)
+        for dependent in dependents:
+            self.edit_deps(dependent).extend(new_ids)
+
+    def inject_before(self, m: InjectBefore, what: str) -> None:
+        self.require_not_started(m.target_id, what)
+        spec = m.node
+        if not spec.depends_on:
+            spec = dataclasses.replace(spec, depends_on=tuple(self.deps_of(m.target_id)))
+        self.add_node(spec, False, what)
+        self.add_edge(spec.id, m.target_id, what)
+
+    def mark(self, node_id: str, kind: str, what: str) -> None:
+        if kind == "mark":
+            self.require_not_started(node_id, what)
+            if self.state(node_id) is NodeState.SPECULATIVE:
+                raise GraphError(f"{what}: node {node_id!r} is already speculative")
+        else:
+            self.require(node_id, what)
+            if self.state(node_id) is not NodeState.SPECULATIVE:
+                raise GraphError(f"{what}: node {node_id!r} is not speculative")
+        self.marks[node_id] = kind
+
+    def prune(self, root_id: str, what: str) -> None:
+        self.require(root_id, what)
+        self.prunes.append(root_id)
+
+
+def play(run: Run, batch: Sequence[Mutation], actor: Node | None) -> _View:
+    """Checks a whole batch; raises GraphError naming the first problem."""
+    if actor is not None and not actor.spec.can_mutate:
+        raise GraphError(f"node {actor.id!r} may not mutate the graph (can_mutate is false)")
+    view = _View(run, actor)
+    for index, m in enumerate(batch):
+        what = f"mutation {index + 1} ({_kind_name(m)})"
+        match m:
+            case AddNode():
+                view.add_node(m.node, m.speculative, what)
+            case AddEdge():
+                view.add_edge(m.from_id, m.to_id, what)
+            case RemoveEdge():
+                view.remove_edge(m.from_id, m.to_id, what)
+            case RemoveNode():
+                view.remove_node(m.id, what)
+            case ModifyNode():
+                view.modify_node(m, what)
+            case SplitNode():
+                view.split_node(m, what)
+            case InjectBefore():
+                view.inject_before(m, what)
+            case PruneSubgraph():
+                view.prune(m.root_id, what)
+            case MarkSpeculative():
+                view.mark(m.id, "mark", what)
+            case ConfirmSpeculative():
+                view.mark(m.id, "confirm", what)
+            case DiscardSpeculative():
+                view.mark(m.id, "discard", what)
+    total = len(run.nodes) + len(view.added) - len(view.removed)
+    if total > run.limits.max_nodes:
+        raise GraphError(
+            f"the run would have {total} nodes, over its limit of {run.limits.max_nodes}"
+        )
+    depth = actor.depth + 1 if actor is not None else 0
+    if view.added and depth > run.limits.max_spawn_depth:
+        raise GraphError(f"spawn depth limit of {run.limits.max_spawn_depth} reached")
+    _check_acyclic(view)
+    return view
+
+
+def _check_acyclic(view: _View) -> None:
+    for node_id, deps in view.deps.items():
+        old = set(view.run.nodes[node_id].deps) if node_id in view.run.nodes else set()
+        for dep in deps:
+            if dep not in old and not is_ancestor_free(view.run, dep, node_id, view.deps_of):
+                raise GraphError(f"the batch creates a cycle through {dep!r} and {node_id!r}")
+    for node_id, (spec, _) in view.added.items():
+        if node_id in view.deps:
+            continue
+        for dep in spec.depends_on:
+            if not is_ancestor_free(view.run, dep, node_id, view.deps_of):
+                raise GraphError(f"the batch creates a cycle through {dep!r} and {node_id!r}")
+
+
+def commit(view: _View, *, make_node: Callable[[NodeSpec, int], Node]) -> list[Node]:
+    """Applies a checked batch. Returns the running nodes it pruned (their workers must be told)."""
+    run, nodes = view.run, view.run.nodes
+    depth = view.actor.depth + 1 if view.actor is not None else 0
+    for node_id in view.removed:
+        node = nodes.get(node_id)
+        if node is None:
+            continue
+        for dep in node.deps:
+            if dep in nodes:
+                nodes[dep].dependents.remove(node_id)
+        run.discard(node)
+    fresh: list[Node] = []
+    for node_id, (spec, speculative) in view.added.items():
+        if node_id in view.removed:
+            continue
+        node = make_node(view.modified.pop(node_id, spec), depth)
+        node.deps = view.deps.pop(node_id, list(spec.depends_on))
+        run.add(node, NodeState.SPECULATIVE if speculative else NodeState.PENDING)
+        fresh.append(node)
+    for node in fresh:
+        for dep in node.deps:
+            nodes[dep].dependents.append(node.id)
+    touched: list[Node] = []
+    for node_id, new_deps in view.deps.items():
+        node = nodes[node_id]
+        old = set(node.deps)
+        new = set(new_deps)
+        for dep in old - new:
+            if dep in nodes:
+                nodes[dep].dependents.remove(node_id)
+        for dep in new - old:
+            nodes[dep].dependents.append(node_id)
+        node.deps = new_deps
+        touched.append(node)
+    for node_id, spec in view.modified.items():
+        node = nodes[node_id]
+        if node.state is NodeState.READY and spec.priority != node.spec.priority:
+            node.spec = spec
+            run.on_ready(node)  # requeue at the new priority
+        node.spec = spec
+    for node in fresh:
+        run.refresh(node)
+    for node in touched:
+        if node.state in NOT_STARTED:
+            run.refresh(node)
+    for node_id, kind in view.marks.items():
+        node = nodes[node_id]
+        if node.state in TERMINAL:
+            continue
+        if kind == "mark":
+            node.queued = 0
+            run.transition(node, NodeState.SPECULATIVE)
+        elif kind == "confirm":
+            run.release(node)
+        else:
+            node.error = DISCARDED_ERROR
+            run.transition(node, NodeState.SKIPPED)
+    return _prune(view)
+
+
+def _prune(view: _View) -> list[Node]:
+    run, nodes = view.run, view.run.nodes
+    doomed: dict[str, Node] = {}
+    stack = list(view.prunes)
+    while stack:
+        node_id = stack.pop()
+        if node_id in doomed:
+            continue
+        node = nodes[node_id]
+        doomed[node_id] = node
+        stack.extend(node.dependents)
+    running: list[Node] = []
+    for node in doomed.values():
+        if node.state in TERMINAL or node is view.actor:
+            continue
+        if node.state is NodeState.RUNNING:
+            running.append(node)
+        node.queued = 0
+        node.error = PRUNED_ERROR
+        # The whole downstream set is cancelled here, so no failure propagation is needed.
+        run._set(node, NodeState.CANCELLED)
+    return running
+
+
+def _kind_name(m: Mutation) -> str:
+    name = type(m).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")

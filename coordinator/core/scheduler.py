@@ -1,0 +1,581 @@
+"""The core: every run's graph, the worker sessions, the ready queues, the timers.
+
+Theory of operation. The runtime feeds stimuli in order, one call each (`submit_run`,
+`finish_attempt`, `open_session`, `advance`, ...), with the current time and any ids inside the
+call: the core never reads a clock, makes randomness of its own, or does I/O. Each call updates
+the state and leaves its consequences in the outbox:
+
+- `records`: what must be appended to the run's log, in order, each with the node transitions it
+  caused. A stimulus that changes nothing (a stale result) leaves no record.
+- `assignments` and `cancels`: what to push to which session.
+
+`dispatch()` hands ready nodes to sessions with free slots, never more than a session granted.
+Replaying a log calls the same methods (with `replay_dispatch` for decisions that were made
+live), so the state after replay is the state before the crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from . import mutations as mutation_batch
+from .graph import Node, Run
+from .model import (
+    NOT_STARTED,
+    TERMINAL,
+    AckStatus,
+    GraphError,
+    Mutation,
+    NodeError,
+    NodeSpec,
+    NodeState,
+    Outcome,
+    RunLimits,
+    RunState,
+)
+
+QueueKey = tuple[str, tuple[tuple[str, str], ...]]
+
+CANCELLED_ERROR = NodeError("run cancelled", kind="cancelled")
+TIMEOUT_KIND = "timeout"
+
+
+class Record:
+    """One entry for a run's log. `data` is what the runtime needs to write it: the stimulus
+    payload it passed in, or the core's own decision."""
+
+    __slots__ = ("data", "kind", "run_id", "transitions")
+
+    def __init__(self, run: Run, kind: str, data: Any) -> None:
+        self.run_id = run.run_id
+        self.kind = kind
+        self.data = data
+        self.transitions = run.transitions
+        run.transitions = []
+
+
+class Session:
+    __slots__ = (
+        "agents",
+        "completed",
+        "draining",
+        "id",
+        "in_flight",
+        "labels",
+        "queue_keys",
+        "slots",
+        "worker_name",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        worker_name: str,
+        agents: Iterable[str],
+        labels: dict[str, str],
+        slots: int,
+    ) -> None:
+        self.id = session_id
+        self.worker_name = worker_name
+        self.agents = frozenset(agents)
+        self.labels = dict(labels)
+        self.slots = slots
+        # Invariant: unanswered assignments, by lease; never more than `slots`.
+        self.in_flight: dict[int, Node] = {}
+        self.draining = False
+        self.completed = 0
+        self.queue_keys: list[QueueKey] = []
+
+    def matches(self, key: QueueKey) -> bool:
+        agent, labels = key
+        return agent in self.agents and all(self.labels.get(k) == v for k, v in labels)
+
+
+class Assignment:
+    __slots__ = ("attempt", "lease", "node", "session_id")
+
+    def __init__(self, session_id: str, node: Node) -> None:
+        self.session_id = session_id
+        self.node = node
+        self.attempt = node.attempt
+        self.lease = node.lease
+
+
+class CancelOrder:
+    __slots__ = ("attempt", "lease", "node_id", "reason", "run_id", "session_id")
+
+    def __init__(self, session_id: str, node: Node, reason: str) -> None:
+        self.session_id = session_id
+        self.run_id = node.run.run_id
+        self.node_id = node.id
+        self.attempt = node.attempt
+        self.lease = node.lease
+        self.reason = reason
+
+
+class Core:
+    def __init__(self, *, lease_epoch: int, default_limits: RunLimits | None = None) -> None:
+        self.runs: dict[str, Run] = {}
+        self.sessions: dict[str, Session] = {}
+        self.default_limits = default_limits or RunLimits()
+        # Leases are unique across coordinator restarts: the epoch is bumped at every start.
+        self._lease_ids = itertools.count((lease_epoch << 32) + 1)
+        self._queues: dict[QueueKey, list[tuple[int, int, int, Node]]] = {}
+        self._queued = 0
+        self._order = itertools.count(1)
+        self._timers: list[tuple[float, int, str, Node, int]] = []
+        self._hungry: set[str] = set()
+        self.now = 0.0
+        self.records: list[Record] = []
+        self.assignments: list[Assignment] = []
+        self.cancels: list[CancelOrder] = []
+
+    # --- runs ----------------------------------------------------------------------------
+
+    def submit_run(
+        self,
+        run_id: str,
+        specs: Sequence[NodeSpec],
+        *,
+        limits: RunLimits | None,
+        name: str,
+        seed: int,
+        now: float,
+        payload: Any = None,
+    ) -> Run:
+        """Starts a run; raises GraphError (creating nothing) if the graph is malformed."""
+        self.now = now
+        if run_id in self.runs:
+            raise GraphError(f"run {run_id!r} already exists")
+        limits = limits or self.default_limits
+        _check_graph(specs, limits)
+        run = Run(
+            run_id, name=name, limits=limits, seed=seed, created_at=now, on_ready=self._on_ready
+        )
+        nodes: dict[str, Node] = {}
+        for spec in specs:
+            node = nodes[spec.id] = Node(run, spec)
+            node.waiting = len(node.deps)
+        for node in nodes.values():
+            run.add(node, NodeState.PENDING)
+            for dep in node.deps:
+                nodes[dep].dependents.append(node.id)
+        self.runs[run_id] = run
+        for node in nodes.values():
+            if node.waiting == 0:
+                run.transition(node, NodeState.READY)
+        # A submission's transitions are implied (PENDING, READY without dependencies): keeping
+        # them would make the first event as large as the graph twice over.
+        run.transitions.clear()
+        self._settle(run, "submitted", payload)
+        return run
+
+    def cancel_run(self, run_id: str, *, reason: str, now: float, payload: Any = None) -> RunState:
+        self.now = now
+        run = self._run(run_id)
+        if run.state is not RunState.RUNNING:
+            return run.state
+        run.cancelled = True
+        for node in run.nodes.values():
+            if node.state in TERMINAL:
+                continue
+            if node.state is NodeState.RUNNING:
+                self._cancel_on_worker(node, "run_cancelled")
+            node.queued = 0
+            node.error = CANCELLED_ERROR
+            run._set(node, NodeState.CANCELLED)
+        self._settle(run, "cancelled", payload)
+        return run.state
+
+    def mutate_run(
+        self, run_id: str, batch: Sequence[Mutation], *, now: float, payload: Any = None
+    ) -> None:
+        """A client's batch; raises GraphError (changing nothing) if it is invalid."""
+        self.now = now
+        run = self._run(run_id)
+        if run.state is not RunState.RUNNING:
+            raise GraphError(f"run {run_id!r} has ended ({run.state.name})")
+        self._apply_mutations(run, batch, None)
+        self._settle(run, "mutated", payload)
+
+    # --- attempts ------------------------------------------------------------------------
+
+    def finish_attempt(
+        self,
+        session_id: str,
+        run_id: str,
+        node_id: str,
+        attempt: int,
+        lease: int,
+        outcome: Outcome,
+        *,
+        result: bytes = b"",
+        error: NodeError | None = None,
+        mutations: Sequence[Mutation] = (),
+        now: float,
+        payload: Any = None,
+    ) -> tuple[AckStatus, str]:
+        """A worker's answer to an assignment. Returns the ack to send once it is durable."""
+        self.now = now
+        session = self.sessions.get(session_id)
+        if session is not None and session.in_flight.pop(lease, None) is not None:
+            session.completed += 1
+            if not session.draining:
+                self._hungry.add(session_id)
+        node = self._current(run_id, node_id, attempt, lease)
+        if node is None:
+            return AckStatus.STALE, "the attempt is no longer current"
+        run = node.run
+        if node.state is NodeState.CANCELLED:
+            if outcome is Outcome.CANCELLED and run.state is RunState.RUNNING:
+                self._settle(run, "finished", (payload, ""))
+                return AckStatus.COMMITTED, ""
+            return AckStatus.STALE, "the node was cancelled"
+        if node.state not in (NodeState.RUNNING, NodeState.READY):
+            return AckStatus.STALE, "the attempt is no longer current"
+        node.queued = 0
+        status, rejection = AckStatus.COMMITTED, ""
+        if outcome is Outcome.SUCCEEDED:
+            try:
+                if mutations:
+                    self._apply_mutations(run, mutations, node)
+            except GraphError as exc:
+                rejection = str(exc)
+                status = AckStatus.MUTATIONS_REJECTED
+                self._fail(
+                    node, NodeError(f"mutations rejected: {rejection}", True, "mutation_rejected")
+                )
+            else:
+                node.result = result
+                node.error = None
+                run.transition(node, NodeState.SUCCEEDED)
+        elif outcome is Outcome.FAILED:
+            self._fail(node, error or NodeError("failed without an error", True, "agent"))
+        elif node.state is NodeState.RUNNING:
+            # The worker gave the attempt up on its own (it was shutting down): like a lost worker.
+            self._requeue(node)
+        self._settle(run, "finished", (payload, rejection))
+        return status, rejection
+
+    def report_progress(
+        self,
+        run_id: str,
+        node_id: str,
+        attempt: int,
+        lease: int,
+        *,
+        now: float,
+        payload: Any = None,
+    ) -> bool:
+        self.now = now
+        node = self._current(run_id, node_id, attempt, lease)
+        if node is None or node.state is not NodeState.RUNNING:
+            return False
+        self.records.append(Record(node.run, "progress", payload))
+        return True
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        session_id: str,
+        *,
+        worker_name: str,
+        agents: Iterable[str],
+        labels: dict[str, str],
+        slots: int,
+        held: Iterable[tuple[str, str, int, int]] = (),
+        now: float,
+    ) -> list[tuple[str, str, int, int]]:
+        """Registers a session. Of the refs the worker says it still holds, keeps (and returns)
+        those whose attempt is still current; they occupy slots on the new session."""
+        self.now = now
+        session = Session(session_id, worker_name, agents, labels, slots)
+        session.queue_keys = [k for k in self._queues if session.matches(k)]
+        self.sessions[session_id] = session
+        kept = []
+        for run_id, node_id, attempt, lease in held:
+            node = self._current(run_id, node_id, attempt, lease)
+            if node is None or len(session.in_flight) >= slots:
+                continue
+            if node.state is NodeState.RUNNING:
+                old = self.sessions.get(node.session_id)
+                if old is not None:
+                    old.in_flight.pop(lease, None)
+            elif node.state is NodeState.READY:
+                node.queued = 0
+                node.run._set(node, NodeState.RUNNING)
+            else:
+                continue
+            node.session_id = session_id
+            session.in_flight[lease] = node
+            self._arm_timeout(node)
+            self.records.append(
+                Record(
+                    node.run, "dispatched", (node.id, node.attempt, lease, session_id, worker_name)
+                )
+            )
+            kept.append((run_id, node_id, attempt, lease))
+        self._hungry.add(session_id)
+        return kept
+
+    def drain_session(self, session_id: str) -> bool:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return False
+        session.draining = True
+        self._hungry.discard(session_id)
+        return True
+
+    def close_session(self, session_id: str, *, reason: str, now: float) -> None:
+        """The stream ended or went silent: what it held goes back to READY at no retry cost."""
+        self.now = now
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        self._hungry.discard(session_id)
+        for lease, node in session.in_flight.items():
+            if node.state is NodeState.RUNNING and node.lease == lease:
+                self._requeue(node)
+                self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
+
+    def lose_attempt(
+        self, run_id: str, node_id: str, lease: int, *, reason: str, now: float
+    ) -> None:
+        """One attempt's worker is gone (replaying a logged loss)."""
+        self.now = now
+        node = self._run(run_id).nodes.get(node_id)
+        if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
+            return
+        session = self.sessions.get(node.session_id)
+        if session is not None:
+            session.in_flight.pop(lease, None)
+        self._requeue(node)
+        self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
+
+    # --- time ----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def advance(self, now: float) -> None:
+        """Fires the timers that are due: retry backoffs end, attempts time out."""
+        self.now = now
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, node, token = heapq.heappop(timers)
+            if kind == "backoff":
+                if node.state is NodeState.READY and node.queued == 0 and node.lease == token:
+                    self._enqueue(node)
+            elif node.state is NodeState.RUNNING and node.lease == token:
+                self.time_out(node.run.run_id, node.id, node.lease, now=now)
+
+    def time_out(self, run_id: str, node_id: str, lease: int, *, now: float) -> None:
+        self.now = now
+        node = self._run(run_id).nodes.get(node_id)
+        if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
+            return
+        attempt = node.attempt
+        self._cancel_on_worker(node, "timeout")
+        self._fail(
+            node, NodeError(f"timed out after {node.spec.timeout_s:g} s", True, TIMEOUT_KIND)
+        )
+        self._settle(node.run, "timed_out", (node_id, attempt, lease))
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Gives ready nodes to sessions with free slots (never past a session's slots)."""
+        if not self._queued or not self._hungry:
+            return
+        queues = self._queues
+        for session_id in list(self._hungry):
+            session = self.sessions[session_id]
+            free = session.slots - len(session.in_flight)
+            for key in session.queue_keys:
+                heap = queues[key]
+                while free and heap:
+                    _, _, token, node = heapq.heappop(heap)
+                    self._queued -= 1
+                    if node.queued != token or node.state is not NodeState.READY:
+                        continue
+                    self._start(node, session)
+                    free -= 1
+                if not free:
+                    break
+            if not free:
+                self._hungry.discard(session_id)
+            if not self._queued:
+                return
+
+    def replay_dispatch(self, run_id: str, node_id: str, attempt: int, lease: int) -> None:
+        """Re-applies a logged dispatch during replay (no session exists any more)."""
+        node = self._run(run_id).nodes[node_id]
+        node.attempt, node.lease, node.session_id = attempt, lease, ""
+        node.queued = 0
+        if node.state is NodeState.READY:
+            node.run._set(node, NodeState.RUNNING)
+        node.run.transitions.clear()
+
+    def expire_all_leases(self, *, reason: str, now: float) -> None:
+        """After replay: every attempt that was running belongs to a session that is gone."""
+        self.now = now
+        for run in self.runs.values():
+            for node in run.nodes.values():
+                if node.state is NodeState.RUNNING and node.session_id not in self.sessions:
+                    self._requeue(node)
+                    self._settle(run, "lost", (node.id, node.attempt, node.lease, reason))
+
+    def take_outbox(self) -> tuple[list[Record], list[Assignment], list[CancelOrder]]:
+        out = self.records, self.assignments, self.cancels
+        self.records, self.assignments, self.cancels = [], [], []
+        return out
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _run(self, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        return run
+
+    def _current(self, run_id: str, node_id: str, attempt: int, lease: int) -> Node | None:
+        run = self.runs.get(run_id)
+        node = run.nodes.get(node_id) if run is not None else None
+        if node is None or node.lease != lease or node.attempt != attempt or lease == 0:
+            return None
+        return node
+
+    def _start(self, node: Node, session: Session) -> None:
+        node.queued = 0
+        node.attempt += 1
+        node.lease = lease = next(self._lease_ids)
+        node.session_id = session.id
+        session.in_flight[lease] = node
+        node.run.transition(node, NodeState.RUNNING)
+        self._arm_timeout(node)
+        self.assignments.append(Assignment(session.id, node))
+        self.records.append(
+            Record(
+                node.run,
+                "dispatched",
+                (node.id, node.attempt, lease, session.id, session.worker_name),
+            )
+        )
+
+    def _arm_timeout(self, node: Node) -> None:
+        if node.spec.timeout_s > 0:
+            heapq.heappush(
+                self._timers,
+                (self.now + node.spec.timeout_s, next(self._order), "timeout", node, node.lease),
+            )
+
+    def _on_ready(self, node: Node) -> None:
+        if node.not_before > self.now:
+            heapq.heappush(
+                self._timers, (node.not_before, next(self._order), "backoff", node, node.lease)
+            )
+        else:
+            self._enqueue(node)
+
+    def _enqueue(self, node: Node) -> None:
+        spec = node.spec
+        key = (spec.agent, spec.labels)
+        heap = self._queues.get(key)
+        if heap is None:
+            heap = self._queues[key] = []
+            for session in self.sessions.values():
+                if session.matches(key):
+                    session.queue_keys.append(key)
+        node.queued = token = next(self._order)
+        heapq.heappush(heap, (-spec.priority, token, token, node))
+        self._queued += 1
+
+    def _requeue(self, node: Node) -> None:
+        """RUNNING -> READY without spending a retry (lost worker, attempt given up)."""
+        node.session_id = ""
+        node.not_before = 0.0
+        node.run.transition(node, NodeState.READY)
+
+    def _fail(self, node: Node, error: NodeError) -> None:
+        node.failures += 1
+        node.error = error
+        retry = node.spec.retry
+        if error.retryable and node.failures < retry.max_attempts:
+            delay = min(
+                retry.max_backoff_s,
+                retry.initial_backoff_s * retry.multiplier ** (node.failures - 1),
+            )
+            if retry.jitter:
+                delay *= 1.0 - retry.jitter * node.run.random()
+            node.not_before = self.now + delay
+            node.session_id = ""
+            if node.state is NodeState.RUNNING:
+                node.run.transition(node, NodeState.READY)
+            else:  # a late answer for a READY node: re-arm it behind the backoff
+                node.queued = 0
+                self._on_ready(node)
+        else:
+            node.run.transition(node, NodeState.FAILED)
+
+    def _cancel_on_worker(self, node: Node, reason: str) -> None:
+        if node.session_id in self.sessions:
+            self.cancels.append(CancelOrder(node.session_id, node, reason))
+
+    def _apply_mutations(self, run: Run, batch: Sequence[Mutation], actor: Node | None) -> None:
+        view = mutation_batch.play(run, batch, actor)
+        parent_id = actor.id if actor is not None else ""
+
+        def make_node(spec: NodeSpec, depth: int) -> Node:
+            return Node(run, spec, parent_id=parent_id, depth=depth)
+
+        for node in mutation_batch.commit(view, make_node=make_node):
+            self._cancel_on_worker(node, "pruned")
+
+    def _settle(self, run: Run, kind: str, data: Any) -> None:
+        self.records.append(Record(run, kind, data))
+        if run.unfinished == 0 and run.state is RunState.RUNNING:
+            run.state = run.end_state()
+            run.ended_at = self.now
+            self.records.append(Record(run, "ended", run.state))
+
+
+def _check_graph(specs: Sequence[NodeSpec], limits: RunLimits) -> None:
+    if not specs:
+        raise GraphError("a run needs at least one node")
+    if len(specs) > limits.max_nodes:
+        raise GraphError(f"{len(specs)} nodes is over the run's limit of {limits.max_nodes}")
+    ids: set[str] = set()
+    for index, spec in enumerate(specs):
+        mutation_batch.check_spec(spec, f"node {index + 1}")
+        if spec.id in ids:
+            raise GraphError(f"duplicate node id {spec.id!r}")
+        ids.add(spec.id)
+    for spec in specs:
+        for dep in spec.depends_on:
+            if dep not in ids:
+                raise GraphError(f"node {spec.id!r} depends on unknown node {dep!r}")
+    # Kahn's algorithm: whatever is left unvisited sits on a cycle.
+    waiting = {s.id: len(s.depends_on) for s in specs}
+    dependents: dict[str, list[str]] = {s.id: [] for s in specs}
+    for spec in specs:
+        for dep in spec.depends_on:
+            dependents[dep].append(spec.id)
+    stack = [i for i, n in waiting.items() if n == 0]
+    seen = 0
+    while stack:
+        cur = stack.pop()
+        seen += 1
+        for d in dependents[cur]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                stack.append(d)
+    if seen != len(specs):
+        on_cycle = sorted(i for i, n in waiting.items() if n > 0)[:5]
+        raise GraphError(f"the graph has a cycle through {', '.join(map(repr, on_cycle))}")
+
+
+__all__ = ["NOT_STARTED", "Assignment", "CancelOrder", "Core", "Record", "Session"]

@@ -1,0 +1,589 @@
+"""The single writer.
+
+Servicers call the runtime on the event loop; each call feeds one stimulus to the core, then
+`_flush` carries out the core's outbox: records become RunEvents appended to the journal (group
+committed off the loop), assignments and cancels go to the sessions' outboxes, acks go out only
+after the commit that covers them, and watchers see events once they are durable. On start the
+runtime replays the log into a fresh core and treats every lease as expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from hivegrid.v1 import graph_pb2 as gpb
+from hivegrid.v1 import run_pb2 as rpb
+from hivegrid.v1 import worker_pb2 as wpb
+
+from . import convert
+from .core import AckStatus, Core, GraphError, NodeState, Outcome, Record, RunLimits, RunState
+from .journal import Journal
+from .store import Store
+
+log = logging.getLogger("hivegrid.runtime")
+
+PROTOCOL_VERSION = 1
+MAX_BATCH = 512
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_ASSIGN_CHUNK = 256
+
+
+class Link:
+    """A worker session as the runtime sees it: identity and its outbound queues."""
+
+    __slots__ = (
+        "acks",
+        "agents",
+        "assignments",
+        "cancels",
+        "closed",
+        "connected_at",
+        "drain_requested",
+        "id",
+        "labels",
+        "language",
+        "last_seen",
+        "sdk_version",
+        "slots",
+        "wake",
+        "worker_name",
+    )
+
+    def __init__(self, session_id: str, hello: wpb.Hello, now: float) -> None:
+        self.id = session_id
+        self.worker_name = hello.worker_name
+        self.language = hello.language
+        self.sdk_version = hello.sdk_version
+        self.agents = list(hello.agents)
+        self.labels = dict(hello.labels)
+        self.slots = hello.slots
+        self.connected_at = now
+        self.last_seen = time.monotonic()
+        self.assignments: list[wpb.Assignment] = []
+        self.acks: list[wpb.Ack] = []
+        self.cancels: list[wpb.Cancel] = []
+        self.drain_requested = False
+        self.closed = ""
+        self.wake = asyncio.Event()
+
+    def take_messages(self) -> list[wpb.ConnectResponse]:
+        out: list[wpb.ConnectResponse] = []
+        if self.acks:
+            out.append(wpb.ConnectResponse(acks=wpb.Acks(items=self.acks)))
+            self.acks = []
+        if self.cancels:
+            out.append(wpb.ConnectResponse(cancels=wpb.Cancels(items=self.cancels)))
+            self.cancels = []
+        items = self.assignments
+        if items:
+            self.assignments = []
+            for i in range(0, len(items), _ASSIGN_CHUNK):
+                chunk = items[i : i + _ASSIGN_CHUNK]
+                out.append(wpb.ConnectResponse(assignments=wpb.Assignments(items=chunk)))
+        if self.drain_requested:
+            self.drain_requested = False
+            out.append(wpb.ConnectResponse(drain_request=wpb.DrainRequest()))
+        return out
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        heartbeat_interval_s: float = 2.0,
+        session_timeout_s: float = 6.0,
+        limits: RunLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.session_timeout_s = session_timeout_s
+        self.limits = limits or RunLimits()
+        self.clock = clock
+        self.core: Core
+        self.journal: Journal
+        self.links: dict[str, Link] = {}
+        self._watchers: dict[str, set[asyncio.Queue[rpb.RunEvent | None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._session_ids = 0
+        self.replayed_events = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        epoch = await asyncio.to_thread(self.store.open)
+        self.core = Core(lease_epoch=epoch, default_limits=self.limits)
+        self.journal = Journal(self.store, loop)
+        started = time.perf_counter()
+        count = await asyncio.to_thread(self._replay)
+        if count:
+            self.core.expire_all_leases(reason="coordinator restarted", now=self.clock())
+            log.info("replayed %d events in %.2f s", count, time.perf_counter() - started)
+        self.replayed_events = count
+        self._flush()
+        self._reaper = asyncio.create_task(self._reap(), name="hivegrid-reaper")
+
+    async def stop_sessions(self) -> None:
+        """Ends every worker stream (they reconnect to the next coordinator)."""
+        for link in list(self.links.values()):
+            link.closed = link.closed or "coordinator shutting down"
+            link.wake.set()
+        await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._timer is not None:
+            self._timer.cancel()
+        for link in list(self.links.values()):
+            link.closed = link.closed or "coordinator shutting down"
+            link.wake.set()
+        await self.journal.wait_idle()
+        self.journal.close()
+        for queues in self._watchers.values():
+            for q in queues:
+                q.put_nowait(None)
+        self.store.close()
+
+    # --- client API ----------------------------------------------------------------------
+
+    def submit(self, req: rpb.SubmitRunRequest) -> str:
+        self.journal.check()
+        run_id = req.run_id or "r-" + os.urandom(6).hex()
+        specs = convert.specs_for_submit(req.nodes)
+        limits = convert.limits_from_pb(req.limits, self.limits)
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+        payload = rpb.RunSubmitted(nodes=req.nodes, limits=req.limits, name=req.name, seed=seed)
+        self.core.submit_run(
+            run_id,
+            specs,
+            limits=limits,
+            name=req.name,
+            seed=seed,
+            now=self.clock(),
+            payload=payload,
+        )
+        self._flush()
+        return run_id
+
+    def cancel(self, run_id: str, reason: str) -> RunState:
+        self.journal.check()
+        state = self.core.cancel_run(
+            run_id,
+            reason=reason or "cancelled by a client",
+            now=self.clock(),
+            payload=reason or "cancelled by a client",
+        )
+        self._flush()
+        return state
+
+    def mutate(self, run_id: str, mutations: Iterable[gpb.Mutation]) -> int:
+        self.journal.check()
+        batch = list(mutations)
+        self.core.mutate_run(
+            run_id, convert.mutations_from_pb(batch), now=self.clock(), payload=batch
+        )
+        run = self.core.runs[run_id]
+        seq = run.last_seq + 1  # the mutation's event is the next one written
+        self._flush()
+        return seq
+
+    def get_run(self, run_id: str, *, with_results: bool = True) -> rpb.GetRunResponse:
+        run = self.core.runs.get(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        return rpb.GetRunResponse(
+            run=convert.run_info(run),
+            nodes=[convert.node_status(n, with_result=with_results) for n in run.nodes.values()],
+        )
+
+    def list_runs(self, limit: int) -> list[rpb.RunInfo]:
+        runs = sorted(self.core.runs.values(), key=lambda r: r.created_at, reverse=True)
+        return [convert.run_info(r) for r in runs[: limit or 100]]
+
+    def list_workers(self) -> list[rpb.WorkerInfo]:
+        out = []
+        for link in self.links.values():
+            session = self.core.sessions.get(link.id)
+            out.append(
+                rpb.WorkerInfo(
+                    session_id=link.id,
+                    worker_name=link.worker_name,
+                    language=link.language,
+                    sdk_version=link.sdk_version,
+                    agents=link.agents,
+                    labels=link.labels,
+                    slots=link.slots,
+                    in_flight=len(session.in_flight) if session else 0,
+                    draining=session.draining if session else True,
+                    connected_at=link.connected_at,
+                    completed=session.completed if session else 0,
+                )
+            )
+        return out
+
+    def drain(self, worker: str) -> int:
+        count = 0
+        for link in self.links.values():
+            if worker in (link.id, link.worker_name) and self.core.drain_session(link.id):
+                link.drain_requested = True
+                link.wake.set()
+                count += 1
+        return count
+
+    async def watch(self, run_id: str, from_seq: int, follow: bool) -> AsyncIterator[rpb.RunEvent]:
+        """Committed events of a run from `from_seq` on, with no gap and no duplicate, then live
+        ones; ends after RunEnded unless `follow`."""
+        if run_id not in self.core.runs:
+            raise KeyError(run_id)
+        queue: asyncio.Queue[rpb.RunEvent | None] = asyncio.Queue()
+        self._watchers.setdefault(run_id, set()).add(queue)
+        try:
+            next_seq = max(from_seq, 1)
+            while True:  # history first, in pages, from the store
+                rows = await asyncio.to_thread(self.store.read, run_id, next_seq, 1000)
+                for seq, data in rows:
+                    event = rpb.RunEvent.FromString(data)
+                    yield event
+                    next_seq = seq + 1
+                    if event.HasField("run_ended") and not follow:
+                        return
+                if len(rows) < 1000:
+                    break
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                if event.seq < next_seq:
+                    continue
+                yield event
+                next_seq = event.seq + 1
+                if event.HasField("run_ended") and not follow:
+                    return
+        finally:
+            self._watchers[run_id].discard(queue)
+
+    # --- worker sessions -----------------------------------------------------------------
+
+    def open_session(self, hello: wpb.Hello) -> Link:
+        self._session_ids += 1
+        session_id = f"s-{os.urandom(3).hex()}-{self._session_ids}"
+        link = Link(session_id, hello, self.clock())
+        self.links[session_id] = link
+        held = [(r.run_id, r.node_id, r.attempt, r.lease) for r in hello.held]
+        kept = self.core.open_session(
+            session_id,
+            worker_name=hello.worker_name,
+            agents=hello.agents,
+            labels=dict(hello.labels),
+            slots=hello.slots,
+            held=held,
+            now=self.clock(),
+        )
+        self._flush()
+        log.debug("session %s kept %d held attempts", session_id, len(kept))
+        return link
+
+    def on_results(self, link: Link, results: Iterable[wpb.Result]) -> None:
+        core = self.core
+        now = self.clock()
+        acks: list[wpb.Ack] = []
+        for res in results:
+            ref = res.ref
+            outcome = res.outcome
+            if not ref.run_id or not ref.lease or outcome == wpb.OUTCOME_UNSPECIFIED:
+                acks.append(
+                    wpb.Ack(
+                        ref=ref,
+                        status=wpb.ACK_STATUS_INVALID,
+                        message="a result needs a ref and an outcome",
+                    )
+                )
+                continue
+            error = convert.error_from_pb(res.error) if res.HasField("error") else None
+            try:
+                mutations = convert.mutations_from_pb(res.mutations) if res.mutations else ()
+            except GraphError as exc:
+                mutations = ()
+                error, outcome = (
+                    convert.error_from_pb(
+                        gpb.NodeError(message=str(exc), retryable=False, kind="mutation_rejected")
+                    ),
+                    wpb.OUTCOME_FAILED,
+                )
+            status, message = core.finish_attempt(
+                link.id,
+                ref.run_id,
+                ref.node_id,
+                ref.attempt,
+                ref.lease,
+                Outcome(outcome),
+                result=res.result,
+                error=error,
+                mutations=mutations,
+                now=now,
+                payload=res,
+            )
+            acks.append(wpb.Ack(ref=ref, status=int(status), message=message))  # type: ignore[arg-type]
+        self._flush()
+
+        def send_acks() -> None:
+            link.acks.extend(acks)
+            link.wake.set()
+
+        self.journal.after_commit(send_acks)
+
+    def on_progress(self, link: Link, items: Iterable[wpb.Progress]) -> None:
+        now = self.clock()
+        for item in items:
+            ref = item.ref
+            self.core.report_progress(
+                ref.run_id, ref.node_id, ref.attempt, ref.lease, now=now, payload=item
+            )
+        self._flush()
+
+    def on_drain(self, link: Link) -> None:
+        self.core.drain_session(link.id)
+
+    def close_session(self, link: Link, reason: str) -> None:
+        if self.links.pop(link.id, None) is None:
+            return
+        link.closed = link.closed or reason
+        self.core.close_session(link.id, reason=reason, now=self.clock())
+        self._flush()
+
+    # --- carrying out the outbox ---------------------------------------------------------
+
+    def _flush(self) -> None:
+        core = self.core
+        core.dispatch()
+        records, assignments, cancels = core.take_outbox()
+        if records:
+            now = self.clock()
+            rows = []
+            events = []
+            runs = core.runs
+            for rec in records:
+                run = runs[rec.run_id]
+                run.last_seq += 1
+                event = _event(rec, run.last_seq, now)
+                events.append(event)
+                rows.append((rec.run_id, run.last_seq, event.SerializeToString()))
+            self.journal.append(rows)
+            if self._watchers:
+                self.journal.after_commit(lambda: self._publish(events))
+        links = self.links
+        for a in assignments:
+            link = links.get(a.session_id)
+            if link is not None:
+                link.assignments.append(_assignment(a))
+                link.wake.set()
+        for c in cancels:
+            link = links.get(c.session_id)
+            if link is not None:
+                link.cancels.append(
+                    wpb.Cancel(
+                        ref=wpb.AssignmentRef(
+                            run_id=c.run_id, node_id=c.node_id, attempt=c.attempt, lease=c.lease
+                        ),
+                        reason=c.reason,
+                    )
+                )
+                link.wake.set()
+        self._arm_timer()
+
+    def _publish(self, events: list[rpb.RunEvent]) -> None:
+        watchers = self._watchers
+        for event in events:
+            queues = watchers.get(event.run_id)
+            if queues:
+                for q in queues:
+                    q.put_nowait(event)
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.clock())
+            self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.advance(self.clock())
+        self._flush()
+
+    async def _reap(self) -> None:
+        """Ends sessions that went silent past the session timeout."""
+        interval = min(self.heartbeat_interval_s, self.session_timeout_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - self.session_timeout_s
+            for link in list(self.links.values()):
+                if link.last_seen < cutoff:
+                    log.warning(
+                        "session %s (%s) went silent; expiring its leases",
+                        link.id,
+                        link.worker_name,
+                    )
+                    link.closed = "session timed out"
+                    link.wake.set()
+                    self.close_session(link, "session timed out")
+
+    # --- replay --------------------------------------------------------------------------
+
+    def _replay(self) -> int:
+        count = 0
+        core = self.core
+        for data in self.store.replay():
+            event = rpb.RunEvent.FromString(data)
+            self._apply(event)
+            run = core.runs.get(event.run_id)
+            if run is not None:
+                run.last_seq = event.seq
+            count += 1
+            core.take_outbox()
+        return count
+
+    def _apply(self, ev: rpb.RunEvent) -> None:
+        core, t, run_id = self.core, ev.time, ev.run_id
+        kind = ev.WhichOneof("kind")
+        if kind == "run_submitted":
+            x = ev.run_submitted
+            core.submit_run(
+                run_id,
+                convert.specs_for_submit(x.nodes),
+                limits=convert.limits_from_pb(x.limits, self.limits),
+                name=x.name,
+                seed=x.seed,
+                now=t,
+            )
+        elif kind == "node_dispatched":
+            d = ev.node_dispatched
+            core.now = t
+            core.replay_dispatch(run_id, d.node_id, d.attempt, d.lease)
+        elif kind == "attempt_finished":
+            f = ev.attempt_finished
+            core.finish_attempt(
+                "",
+                run_id,
+                f.node_id,
+                f.attempt,
+                f.lease,
+                Outcome(f.outcome),
+                result=f.result,
+                error=convert.error_from_pb(f.error) if f.HasField("error") else None,
+                mutations=convert.mutations_from_pb(f.mutations),
+                now=t,
+            )
+        elif kind == "attempt_lost":
+            x2 = ev.attempt_lost
+            core.lose_attempt(run_id, x2.node_id, x2.lease, reason=x2.reason, now=t)
+        elif kind == "attempt_timed_out":
+            x3 = ev.attempt_timed_out
+            core.time_out(run_id, x3.node_id, x3.lease, now=t)
+        elif kind == "run_cancelled":
+            core.cancel_run(run_id, reason=ev.run_cancelled.reason, now=t)
+        elif kind == "mutations_applied":
+            core.mutate_run(
+                run_id, convert.mutations_from_pb(ev.mutations_applied.mutations), now=t
+            )
+        # progress and run_ended change nothing: the end is recomputed from the nodes.
+
+
+def _event(rec: Record, seq: int, now: float) -> rpb.RunEvent:
+    ev = rpb.RunEvent(run_id=rec.run_id, seq=seq, time=now)
+    kind, data = rec.kind, rec.data
+    if kind == "dispatched":
+        node_id, attempt, lease, session_id, worker_name = data
+        d = ev.node_dispatched
+        d.node_id, d.attempt, d.lease, d.session_id, d.worker_name = (
+            node_id,
+            attempt,
+            lease,
+            session_id,
+            worker_name,
+        )
+    elif kind == "finished":
+        res, rejection = data
+        f = ev.attempt_finished
+        if res is not None:
+            f.node_id, f.attempt, f.lease = res.ref.node_id, res.ref.attempt, res.ref.lease
+            f.outcome = res.outcome
+            f.result = res.result
+            if res.HasField("error"):
+                f.error.CopyFrom(res.error)
+            if res.mutations:
+                f.mutations.extend(res.mutations)
+        f.rejection = rejection
+    elif kind == "lost":
+        node_id, attempt, lease, reason = data
+        x = ev.attempt_lost
+        x.node_id, x.attempt, x.lease, x.reason = node_id, attempt, lease, reason
+    elif kind == "timed_out":
+        node_id, attempt, lease = data
+        t = ev.attempt_timed_out
+        t.node_id, t.attempt, t.lease = node_id, attempt, lease
+    elif kind == "progress":
+        p = ev.progress
+        p.node_id, p.attempt, p.data = data.ref.node_id, data.ref.attempt, data.data
+    elif kind == "submitted":
+        ev.run_submitted.CopyFrom(data)
+    elif kind == "cancelled":
+        ev.run_cancelled.reason = data or ""
+    elif kind == "mutated":
+        ev.mutations_applied.mutations.extend(data or ())
+    elif kind == "ended":
+        ev.run_ended.state = int(data)
+    else:  # pragma: no cover - the core only makes the kinds above
+        raise AssertionError(f"unknown record kind {kind!r}")
+    if rec.transitions:
+        add = ev.transitions.add
+        for node_id, state in rec.transitions:
+            add(node_id=node_id, state=state)
+    return ev
+
+
+def _assignment(a: Any) -> wpb.Assignment:
+    node = a.node
+    spec = node.spec
+    nodes = node.run.nodes
+    msg = wpb.Assignment(
+        ref=wpb.AssignmentRef(
+            run_id=node.run.run_id, node_id=spec.id, attempt=a.attempt, lease=a.lease
+        ),
+        agent=spec.agent,
+        input=spec.input,
+        timeout_s=spec.timeout_s,
+        can_mutate=spec.can_mutate,
+    )
+    if node.deps:
+        add = msg.deps.add
+        for dep_id in node.deps:
+            dep = nodes[dep_id]
+            if dep.state is NodeState.SUCCEEDED:
+                add(node_id=dep_id, result=dep.result)
+    if spec.metadata:
+        msg.metadata.update(spec.metadata)
+    return msg
+
+
+__all__ = ["MAX_BATCH", "MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "AckStatus", "Link", "Runtime"]

@@ -1,0 +1,130 @@
+"""The coordinator process: a gRPC server (worker + run services, health, reflection) around one
+runtime. `Coordinator` is the in-process form tests use; `run_coordinator` is the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hivegrid.v1 import run_pb2, run_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+from .runtime import MAX_MESSAGE_BYTES, Runtime
+from .service import RunServicer, WorkerServicer
+from .store import StoreError, default_store_url, open_store
+
+log = logging.getLogger("hivegrid.coordinator")
+
+
+class Coordinator:
+    """A running coordinator: `async with Coordinator(...) as c:` serves on `c.address`."""
+
+    def __init__(
+        self,
+        *,
+        listen: str = "127.0.0.1:0",
+        store_url: str = "memory",
+        heartbeat_interval_s: float = 2.0,
+        session_timeout_s: float = 6.0,
+    ) -> None:
+        self.listen = listen
+        self.runtime = Runtime(
+            open_store(store_url),
+            heartbeat_interval_s=heartbeat_interval_s,
+            session_timeout_s=session_timeout_s,
+        )
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        await self.runtime.start()
+        server = self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.runtime), server)
+        run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runtime), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        services = (
+            worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+            run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server)
+        port = server.add_insecure_port(self.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        host = self.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        await server.start()
+        for name in ("", *services[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.runtime.stop_sessions()
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.runtime.stop()
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _serve(coordinator: Coordinator) -> None:
+    await coordinator.start()
+    print(f"hivegrid coordinator listening on {coordinator.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await coordinator.stop()
+
+
+def run_coordinator(
+    *,
+    listen: str = "127.0.0.1:50051",
+    store_url: str | None = None,
+    heartbeat_interval_s: float = 2.0,
+    session_timeout_s: float = 6.0,
+) -> int:
+    """Runs the daemon until SIGTERM/SIGINT. Returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        coordinator = Coordinator(
+            listen=listen,
+            store_url=store_url or default_store_url(),
+            heartbeat_interval_s=heartbeat_interval_s,
+            session_timeout_s=session_timeout_s,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(coordinator))
+    except StoreError as exc:
+        print(f"hivegrid coordinator: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hivegrid coordinator: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,75 @@
+"""`RunService`: the client API, translated to runtime calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hivegrid.v1 import run_pb2 as rpb
+from hivegrid.v1 import run_pb2_grpc
+
+from ..core import GraphError
+from ..runtime import Runtime
+from ..store import StoreError
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, run_id: str = "") -> None:
+    if isinstance(exc, GraphError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, KeyError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}")
+    if isinstance(exc, StoreError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator's store failed: {exc}")
+    raise exc
+
+
+class RunServicer(run_pb2_grpc.RunServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def SubmitRun(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return rpb.SubmitRunResponse(run_id=self.runtime.submit(request))
+        except (GraphError, StoreError) as exc:
+            await _fail(context, exc)
+
+    async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return self.runtime.get_run(request.run_id, with_results=not request.omit_results)
+        except KeyError as exc:
+            await _fail(context, exc, request.run_id)
+
+    async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
+        return rpb.ListRunsResponse(runs=self.runtime.list_runs(request.limit))
+
+    async def WatchRun(self, request, context) -> AsyncIterator[rpb.WatchRunResponse]:  # type: ignore[no-untyped-def]
+        try:
+            async for event in self.runtime.watch(
+                request.run_id, request.from_seq, request.follow_after_end
+            ):
+                yield rpb.WatchRunResponse(event=event)
+        except KeyError as exc:
+            await _fail(context, exc, request.run_id)
+
+    async def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            state = self.runtime.cancel(request.run_id, request.reason)
+            return rpb.CancelRunResponse(state=int(state))
+        except (KeyError, StoreError) as exc:
+            await _fail(context, exc, request.run_id)
+
+    async def MutateRun(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return rpb.MutateRunResponse(seq=self.runtime.mutate(request.run_id, request.mutations))
+        except (KeyError, GraphError, StoreError) as exc:
+            await _fail(context, exc, request.run_id)
+
+    async def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]
+        return rpb.ListWorkersResponse(workers=self.runtime.list_workers())
+
+    async def DrainWorker(self, request, context):  # type: ignore[no-untyped-def]
+        count = self.runtime.drain(request.worker)
+        if not count:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no worker {request.worker!r}")
+        return rpb.DrainWorkerResponse(drained=count)

@@ -1,0 +1,139 @@
+"""`WorkerService.Connect`: one bidirectional stream per worker (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hivegrid.v1 import worker_pb2 as wpb
+from hivegrid.v1 import worker_pb2_grpc
+
+from ..runtime import MAX_BATCH, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Link, Runtime
+
+log = logging.getLogger("hivegrid.service.worker")
+
+_HEARTBEAT = wpb.ConnectResponse(heartbeat=wpb.Heartbeat())
+
+
+def _refuse(reason: str) -> wpb.ConnectResponse:
+    return wpb.ConnectResponse(refusal=wpb.Refusal(reason=reason))
+
+
+def _check_hello(msg: wpb.ConnectRequest) -> str:
+    if msg.WhichOneof("msg") != "hello":
+        return "the first message of a stream must be Hello"
+    hello = msg.hello
+    if hello.protocol_version != PROTOCOL_VERSION:
+        return (
+            f"protocol version {hello.protocol_version} is not supported; this coordinator "
+            f"speaks version {PROTOCOL_VERSION}"
+        )
+    if not hello.agents:
+        return "Hello.agents is empty: a worker must run at least one agent"
+    if hello.slots < 1:
+        return "Hello.slots must be at least 1"
+    return ""
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[wpb.ConnectRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[wpb.ConnectResponse]:
+        runtime = self.runtime
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), runtime.session_timeout_s)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        problem = _check_hello(first)
+        if problem:
+            yield _refuse(problem)
+            return
+        link = runtime.open_session(first.hello)
+        log.info(
+            "worker %s (%s) connected as %s with %d slots",
+            link.worker_name,
+            link.language,
+            link.id,
+            link.slots,
+        )
+        yield wpb.ConnectResponse(
+            welcome=wpb.Welcome(
+                session_id=link.id,
+                protocol_version=PROTOCOL_VERSION,
+                heartbeat_interval_s=runtime.heartbeat_interval_s,
+                session_timeout_s=runtime.session_timeout_s,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+                max_batch=MAX_BATCH,
+            )
+        )
+        reader = asyncio.create_task(self._read(request_iterator, link))
+        reason = "stream closed"
+        try:
+            heartbeat = runtime.heartbeat_interval_s
+            last_sent = time.monotonic()
+            while True:
+                messages = link.take_messages()
+                if messages:
+                    for m in messages:
+                        yield m
+                    last_sent = time.monotonic()
+                    continue
+                if link.closed:
+                    reason = link.closed
+                    break
+                link.wake.clear()
+                wait = heartbeat - (time.monotonic() - last_sent)
+                if wait <= 0:
+                    yield _HEARTBEAT
+                    last_sent = time.monotonic()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(link.wake.wait(), wait)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            runtime.close_session(link, reason)
+            log.info("session %s (%s) ended: %s", link.id, link.worker_name, reason)
+        if link.closed.startswith("protocol error"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, link.closed)
+
+    async def _read(self, request_iterator: AsyncIterator[wpb.ConnectRequest], link: Link) -> None:
+        runtime = self.runtime
+        try:
+            async for msg in request_iterator:
+                link.last_seen = time.monotonic()
+                kind = msg.WhichOneof("msg")
+                if kind == "results":
+                    items = msg.results.items
+                    if len(items) > MAX_BATCH:
+                        link.closed = (
+                            f"protocol error: {len(items)} results in one message "
+                            f"(max_batch is {MAX_BATCH})"
+                        )
+                        break
+                    runtime.on_results(link, items)
+                elif kind == "progress":
+                    runtime.on_progress(link, msg.progress.items)
+                elif kind == "drain":
+                    runtime.on_drain(link)
+                elif kind == "hello":
+                    link.closed = "protocol error: Hello sent twice on one stream"
+                    break
+            else:
+                link.closed = link.closed or "closed by the worker"
+        except grpc.aio.AioRpcError as exc:
+            link.closed = link.closed or f"stream failed: {exc.code().name}"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken stream surfaces in several shapes
+            link.closed = link.closed or f"stream failed: {exc}"
+        link.wake.set()

@@ -1,0 +1,43 @@
+"""The `memory` store: nothing survives the process. For tests, benchmarks and throwaway runs."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+
+class MemoryStore:
+    durable = False
+
+    def __init__(self) -> None:
+        self._log: list[bytes] = []
+        self._runs: dict[str, tuple[list[int], list[bytes]]] = {}
+        self._epoch = 0
+
+    def open(self) -> int:
+        self._epoch += 1
+        return self._epoch
+
+    def append(self, rows: list[tuple[str, int, bytes]]) -> None:
+        runs = self._runs
+        for run_id, seq, data in rows:
+            self._log.append(data)
+            entry = runs.get(run_id)
+            if entry is None:
+                entry = runs[run_id] = ([], [])
+            entry[0].append(seq)
+            entry[1].append(data)
+
+    def replay(self) -> Iterator[bytes]:
+        return iter(list(self._log))
+
+    def read(self, run_id: str, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        entry = self._runs.get(run_id)
+        if entry is None:
+            return []
+        seqs, datas = entry
+        start = bisect.bisect_left(seqs, from_seq)
+        return list(zip(seqs[start : start + limit], datas[start : start + limit], strict=True))
+
+    def close(self) -> None:
+        pass
