@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
+from .base import StoreError
+
 
 class MemoryStore:
     durable = False
@@ -20,6 +22,10 @@ class MemoryStore:
 
     def append(self, rows: list[tuple[str, int, bytes]]) -> None:
         runs = self._runs
+        for run_id, seq, _ in rows:
+            entry = runs.get(run_id)
+            if entry is not None and entry[0] and entry[0][-1] >= seq:
+                raise StoreError(f"event {run_id}/{seq} is already in the log")
         for run_id, seq, data in rows:
             self._log.append(data)
             entry = runs.get(run_id)

@@ -1,0 +1,113 @@
+"""Bad graphs are refused whole with INVALID_ARGUMENT naming the problem; nothing is created."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from coordinator.server import Coordinator
+from hivegrid.v1 import graph_pb2 as gpb
+from hivegrid.v1 import run_pb2 as rpb
+
+from .harness import Client, node
+
+BAD_GRAPHS = {
+    "cycle": ([node("a", deps=["c"]), node("b", deps=["a"]), node("c", deps=["b"])], "cycle"),
+    "self-dependency": ([node("a", deps=["a"])], "depends on itself"),
+    "unknown dependency": ([node("a"), node("b", deps=["zzz"])], "unknown node 'zzz'"),
+    "duplicate id": ([node("a"), node("a")], "duplicate node id 'a'"),
+    "no agent": ([gpb.NodeSpec(id="a")], "has no agent"),
+    "empty graph": ([], "at least one node"),
+    "dependency listed twice": ([node("a"), node("b", deps=["a", "a"])], "twice"),
+    "bad jitter": (
+        [node("a", retry=gpb.RetryPolicy(max_attempts=3, jitter=2.0))],
+        "jitter must be between 0 and 1",
+    ),
+    "negative timeout": ([node("a", timeout_s=-1)], "timeout_s must not be negative"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRAPHS))
+def test_malformed_graph_is_refused_and_creates_nothing(case: str) -> None:
+    nodes, message = BAD_GRAPHS[case]
+
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.submit(*nodes)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in info.value.details()
+            listed = await client.stub.ListRuns(rpb.ListRunsRequest())
+            assert list(listed.runs) == []
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_over_the_node_limit_is_refused() -> None:
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.submit(
+                    *[node(f"n{i}") for i in range(5)], limits=gpb.RunLimits(max_nodes=4)
+                )
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "limit of 4" in info.value.details()
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_unknown_run_is_not_found() -> None:
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            for call in (
+                client.stub.GetRun(rpb.GetRunRequest(run_id="nope")),
+                client.stub.CancelRun(rpb.CancelRunRequest(run_id="nope")),
+                client.stub.MutateRun(rpb.MutateRunRequest(run_id="nope")),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_nodes_without_ids_get_positional_ids() -> None:
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            run_id = await client.submit(gpb.NodeSpec(agent="echo"), gpb.NodeSpec(agent="echo"))
+            run = await client.get(run_id)
+            assert sorted(n.id for n in run.nodes) == ["n1", "n2"]
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_invalid_client_mutation_changes_nothing() -> None:
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            run_id = await client.submit(node("a"), node("b", deps=["a"]))
+            before = await client.get(run_id)
+            batch = [
+                gpb.Mutation(add_node=gpb.AddNode(node=node("x"))),
+                gpb.Mutation(add_edge=gpb.AddEdge(from_id="b", to_id="a")),  # cycle
+            ]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.stub.MutateRun(rpb.MutateRunRequest(run_id=run_id, mutations=batch))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "cycle" in info.value.details()
+            after = await client.get(run_id)
+            assert after.nodes == before.nodes
+            assert after.run.last_seq == before.run.last_seq
+            await client.close()
+
+    asyncio.run(scenario())
