@@ -32,6 +32,8 @@ PROTOCOL_VERSION = 1
 MAX_BATCH = 512
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ASSIGN_CHUNK = 256
+_WATCH_PAGE = 1000
+_WATCH_BATCH = 256
 
 
 class Link:
@@ -243,9 +245,11 @@ class Runtime:
                 count += 1
         return count
 
-    async def watch(self, run_id: str, from_seq: int, follow: bool) -> AsyncIterator[rpb.RunEvent]:
-        """Committed events of a run from `from_seq` on, with no gap and no duplicate, then live
-        ones; ends after RunEnded unless `follow`."""
+    async def watch(
+        self, run_id: str, from_seq: int, follow: bool
+    ) -> AsyncIterator[list[rpb.RunEvent]]:
+        """Committed events of a run from `from_seq` on, in batches, with no gap and no
+        duplicate, then live ones; ends after RunEnded unless `follow`."""
         if run_id not in self.core.runs:
             raise KeyError(run_id)
         queue: asyncio.Queue[rpb.RunEvent | None] = asyncio.Queue()
@@ -253,24 +257,31 @@ class Runtime:
         try:
             next_seq = max(from_seq, 1)
             while True:  # history first, in pages, from the store
-                rows = await asyncio.to_thread(self.store.read, run_id, next_seq, 1000)
-                for seq, data in rows:
-                    event = rpb.RunEvent.FromString(data)
-                    yield event
-                    next_seq = seq + 1
-                    if event.HasField("run_ended") and not follow:
+                rows = await asyncio.to_thread(self.store.read, run_id, next_seq, _WATCH_PAGE)
+                events = [rpb.RunEvent.FromString(data) for _, data in rows]
+                if events:
+                    next_seq = events[-1].seq + 1
+                    ended = _cut_at_end(events, follow)
+                    for batch in _batches(events):
+                        yield batch
+                    if ended:
                         return
-                if len(rows) < 1000:
+                if len(rows) < _WATCH_PAGE:
                     break
             while True:
-                event = await queue.get()
-                if event is None:
+                first = await queue.get()
+                pending = [first]
+                while not queue.empty() and len(pending) < _WATCH_BATCH:
+                    pending.append(queue.get_nowait())
+                if None in pending:
                     return
-                if event.seq < next_seq:
+                events = [e for e in pending if e is not None and e.seq >= next_seq]
+                if not events:
                     continue
-                yield event
-                next_seq = event.seq + 1
-                if event.HasField("run_ended") and not follow:
+                next_seq = events[-1].seq + 1
+                ended = _cut_at_end(events, follow)
+                yield events
+                if ended:
                     return
         finally:
             self._watchers[run_id].discard(queue)
@@ -507,6 +518,34 @@ class Runtime:
                 run_id, convert.mutations_from_pb(ev.mutations_applied.mutations), now=t
             )
         # progress and run_ended change nothing: the end is recomputed from the nodes.
+
+
+def _cut_at_end(events: list[rpb.RunEvent], follow: bool) -> bool:
+    """Drops what follows RunEnded (unless following); says whether the run ended."""
+    if follow:
+        return False
+    for i, event in enumerate(events):
+        if event.HasField("run_ended"):
+            del events[i + 1 :]
+            return True
+    return False
+
+
+def _batches(events: list[rpb.RunEvent]) -> list[list[rpb.RunEvent]]:
+    """Splits events into messages of at most _WATCH_BATCH events and about 1 MiB."""
+    out: list[list[rpb.RunEvent]] = []
+    batch: list[rpb.RunEvent] = []
+    size = 0
+    for event in events:
+        n = event.ByteSize()
+        if batch and (len(batch) >= _WATCH_BATCH or size + n > 1 << 20):
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(event)
+        size += n
+    if batch:
+        out.append(batch)
+    return out
 
 
 def _event(rec: Record, seq: int, now: float) -> rpb.RunEvent:

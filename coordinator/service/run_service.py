@@ -45,10 +45,10 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
 
     async def WatchRun(self, request, context) -> AsyncIterator[rpb.WatchRunResponse]:  # type: ignore[no-untyped-def]
         try:
-            async for event in self.runtime.watch(
+            async for events in self.runtime.watch(
                 request.run_id, request.from_seq, request.follow_after_end
             ):
-                yield rpb.WatchRunResponse(event=event)
+                yield rpb.WatchRunResponse(events=events)
         except KeyError as exc:
             await _fail(context, exc, request.run_id)
 

@@ -9,7 +9,6 @@ and run on whichever worker has a free slot (Go, TypeScript or Python); the repo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -46,9 +45,20 @@ def color(lang: str, text: str) -> str:
 
 def start_coordinator(data: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "coordinator", "--listen", "127.0.0.1:0",
-         "--store", f"sqlite:///{data / 'hivegrid.db'}"],
-        stdout=subprocess.PIPE, stderr=open(data / "coordinator.log", "w"), text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            f"sqlite:///{data / 'hivegrid.db'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(data / "coordinator.log", "w"),  # noqa: SIM115 - the child owns it
+        text=True,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -59,22 +69,45 @@ def start_coordinator(data: Path) -> tuple[subprocess.Popen[str], str]:
 
 def start_workers(address: str, data: Path) -> dict[str, subprocess.Popen[bytes]]:
     workers: dict[str, list[str]] = {
-        "python": [sys.executable, "-m", "coordinator", "worker", "--coordinator", address,
-                   "examples.demo.agents:worker"],
+        "python": [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "worker",
+            "--coordinator",
+            address,
+            "examples.demo.agents:worker",
+        ],
     }
     if GO_WORKER.exists():
-        workers["go"] = [str(GO_WORKER), "--coordinator", address, "--slots", "3",
-                         "--name", "go-worker"]
+        workers["go"] = [
+            str(GO_WORKER),
+            "--coordinator",
+            address,
+            "--slots",
+            "3",
+            "--name",
+            "go-worker",
+        ]
     else:
         print("  (no Go worker: Go is missing or `make build-go` failed; running without it)")
     if TS_WORKER.exists() and shutil.which("node"):
-        workers["typescript"] = ["node", str(TS_WORKER), "--coordinator", address, "--slots",
-                                 "3", "--name", "typescript-worker"]
+        workers["typescript"] = [
+            "node",
+            str(TS_WORKER),
+            "--coordinator",
+            address,
+            "--slots",
+            "3",
+            "--name",
+            "typescript-worker",
+        ]
     else:
         print("  (no TypeScript worker: Node is missing or `make build-ts` failed)")
     return {
-        lang: subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=open(data / f"worker-{lang}.log", "wb"))
+        lang: subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(data / f"worker-{lang}.log", "wb")
+        )
         for lang, cmd in workers.items()
     }
 
@@ -89,11 +122,15 @@ def wait_for_workers(stub: run_pb2_grpc.RunServiceStub, count: int) -> dict[str,
     raise SystemExit("the workers did not connect within 30 s; see the logs")
 
 
-def watch(stub: run_pb2_grpc.RunServiceStub, run_id: str, languages: dict[str, str]) -> dict[str, str]:
+def watch(
+    stub: run_pb2_grpc.RunServiceStub, run_id: str, languages: dict[str, str]
+) -> dict[str, str]:
     ran_on: dict[str, str] = {}
     started = time.monotonic()
-    for resp in stub.WatchRun(rpb.WatchRunRequest(run_id=run_id)):
-        ev = resp.event
+    events = (
+        ev for resp in stub.WatchRun(rpb.WatchRunRequest(run_id=run_id)) for ev in resp.events
+    )
+    for ev in events:
         t = f"{time.monotonic() - started:5.2f}s"
         kind = ev.WhichOneof("kind")
         if kind == "node_dispatched":
@@ -128,17 +165,27 @@ def main() -> int:
         print("workers:", ", ".join(f"{n} ({lang})" for n, lang in sorted(languages.items())))
         question = "What makes an agent pipeline reliable?"
         graph = [
-            gpb.NodeSpec(id="plan", agent="planner", can_mutate=True,
-                         input=json.dumps({"subtopics": SUBTOPICS}).encode()),
-            gpb.NodeSpec(id="report", agent="report", depends_on=["plan"],
-                         input=json.dumps({"question": question}).encode()),
+            gpb.NodeSpec(
+                id="plan",
+                agent="planner",
+                can_mutate=True,
+                input=json.dumps({"subtopics": SUBTOPICS}).encode(),
+            ),
+            gpb.NodeSpec(
+                id="report",
+                agent="report",
+                depends_on=["plan"],
+                input=json.dumps({"question": question}).encode(),
+            ),
         ]
         run_id = stub.SubmitRun(rpb.SubmitRunRequest(nodes=graph, name="demo")).run_id
         print(f"submitted run {run_id}: plan -> report (2 nodes; watch it grow)\n")
         ran_on = watch(stub, run_id, languages)
         run = stub.GetRun(rpb.GetRunRequest(run_id=run_id))
-        print(f"\nrun {run_id}: {gpb.RunState.Name(run.run.state)[10:].lower()}, "
-              f"{len(run.nodes)} nodes")
+        print(
+            f"\nrun {run_id}: {gpb.RunState.Name(run.run.state)[10:].lower()}, "
+            f"{len(run.nodes)} nodes"
+        )
         by_lang: dict[str, int] = {}
         for lang in ran_on.values():
             by_lang[lang] = by_lang.get(lang, 0) + 1

@@ -10,9 +10,8 @@ import grpc
 
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
-from hivegrid.v1 import run_pb2_grpc
+from hivegrid.v1 import run_pb2_grpc, worker_pb2_grpc
 from hivegrid.v1 import worker_pb2 as wpb
-from hivegrid.v1 import worker_pb2_grpc
 
 WAIT = 10.0
 
@@ -24,12 +23,25 @@ def node(node_id: str, agent: str = "echo", deps: Sequence[str] = (), **kw: Any)
 class RawWorker:
     """Speaks the worker protocol by hand, so tests control every message."""
 
-    def __init__(self, address: str, *, agents: Sequence[str] = ("echo",), slots: int = 4,
-                 name: str = "raw", held: Sequence[wpb.AssignmentRef] = (),
-                 version: int = 1) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        agents: Sequence[str] = ("echo",),
+        slots: int = 4,
+        name: str = "raw",
+        held: Sequence[wpb.AssignmentRef] = (),
+        version: int = 1,
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(address)
-        self.hello = wpb.Hello(worker_name=name, language="python", protocol_version=version,
-                               agents=list(agents), slots=slots, held=list(held))
+        self.hello = wpb.Hello(
+            worker_name=name,
+            language="python",
+            protocol_version=version,
+            agents=list(agents),
+            slots=slots,
+            held=list(held),
+        )
         self._out: asyncio.Queue[wpb.ConnectRequest | None] = asyncio.Queue()
         self.assignments: asyncio.Queue[wpb.Assignment] = asyncio.Queue()
         self.acks: asyncio.Queue[wpb.Ack] = asyncio.Queue()
@@ -88,9 +100,15 @@ class RawWorker:
     def send(self, msg: wpb.ConnectRequest) -> None:
         self._out.put_nowait(msg)
 
-    def answer(self, a: wpb.Assignment | wpb.AssignmentRef, result: bytes = b"1", *,
-               outcome: int = wpb.OUTCOME_SUCCEEDED, error: gpb.NodeError | None = None,
-               mutations: Sequence[gpb.Mutation] = ()) -> None:
+    def answer(
+        self,
+        a: wpb.Assignment | wpb.AssignmentRef,
+        result: bytes = b"1",
+        *,
+        outcome: int = wpb.OUTCOME_SUCCEEDED,
+        error: gpb.NodeError | None = None,
+        mutations: Sequence[gpb.Mutation] = (),
+    ) -> None:
         ref = a.ref if isinstance(a, wpb.Assignment) else a
         res = wpb.Result(ref=ref, outcome=outcome, result=result, mutations=list(mutations))
         if error is not None:
@@ -129,7 +147,7 @@ class Client:
     async def events(self, run_id: str, from_seq: int = 0) -> list[rpb.RunEvent]:
         out = []
         async for r in self.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id, from_seq=from_seq)):
-            out.append(r.event)
+            out.extend(r.events)
         return out
 
     async def wait_end(self, run_id: str) -> rpb.GetRunResponse:

@@ -210,9 +210,10 @@ def test_silent_session_expires() -> None:
 async def _until(client: Client, run_id: str, kind: str) -> list[rpb.RunEvent]:
     seen: list[rpb.RunEvent] = []
     async for r in client.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id)):
-        seen.append(r.event)
-        if r.event.HasField(kind):
-            return seen
+        for event in r.events:
+            seen.append(event)
+            if event.HasField(kind):
+                return seen
     return seen
 
 
@@ -291,11 +292,10 @@ def test_drain_request_reaches_the_worker_and_stops_assignments() -> None:
 
 def test_health_and_reflection_are_served() -> None:
     async def scenario() -> None:
-        async with Coordinator() as c:
-            async with grpc.aio.insecure_channel(c.address) as ch:
-                health = health_pb2_grpc.HealthStub(ch)
-                for name in ("", "hivegrid.v1.RunService", "hivegrid.v1.WorkerService"):
-                    resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
-                    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        async with Coordinator() as c, grpc.aio.insecure_channel(c.address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for name in ("", "hivegrid.v1.RunService", "hivegrid.v1.WorkerService"):
+                resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
     asyncio.run(scenario())

@@ -87,7 +87,7 @@ def test_sqlite_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 def test_sqlite_garbage_file_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="damaged or unreadable|cannot open"):
+    with pytest.raises(StoreError, match=r"damaged or unreadable|cannot open"):
         SqliteStore(path).open()
 
 
