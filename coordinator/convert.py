@@ -140,3 +140,29 @@ def node_status(node: core_graph.Node, *, with_result: bool) -> rpb.NodeStatus:
     if node.error is not None and node.state is not core.NodeState.SUCCEEDED:
         msg.error.CopyFrom(error_to_pb(node.error))
     return msg
+
+
+def retry_to_pb(policy: core.RetryPolicy) -> gpb.RetryPolicy:
+    return gpb.RetryPolicy(
+        max_attempts=policy.max_attempts,
+        initial_backoff_s=policy.initial_backoff_s,
+        max_backoff_s=policy.max_backoff_s,
+        multiplier=policy.multiplier,
+        jitter=policy.jitter,
+    )
+
+
+def spec_to_pb(spec: core.NodeSpec, depends_on: Iterable[str]) -> gpb.NodeSpec:
+    return gpb.NodeSpec(
+        id=spec.id,
+        agent=spec.agent,
+        input=spec.input,
+        depends_on=list(depends_on),
+        retry=retry_to_pb(spec.retry),
+        timeout_s=spec.timeout_s,
+        priority=spec.priority,
+        labels=dict(spec.labels),
+        can_mutate=spec.can_mutate,
+        metadata=spec.metadata,
+        run_on_failure=spec.run_on_failure,
+    )

@@ -28,6 +28,8 @@ class Journal:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="hivegrid-journal")
         self._rows: list[Row] = []
         self._callbacks: list[Callable[[], None]] = []
+        # (how many of `_rows` it covers, the snapshot): written with those rows.
+        self._snapshot: tuple[int, bytes] | None = None
         self._in_flight = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -43,12 +45,17 @@ class Journal:
         self._callbacks.append(callback)
         self._kick()
 
+    def snapshot(self, data: bytes) -> None:
+        """Writes `data` as a snapshot covering everything appended so far."""
+        self._snapshot = (len(self._rows), data)
+        self._kick()
+
     def check(self) -> None:
         if self.error is not None:
             raise self.error
 
     async def wait_idle(self) -> None:
-        while self._in_flight or self._rows or self._callbacks:
+        while (self._in_flight or self._rows or self._callbacks) and self.error is None:
             self._idle.clear()
             await self._idle.wait()
 
@@ -59,6 +66,14 @@ class Journal:
         if self._in_flight or self.error is not None:
             return
         rows, callbacks = self._rows, self._callbacks
+        snapshot = None
+        if self._snapshot is not None:
+            cut, snapshot = self._snapshot
+            self._snapshot = None
+            rows, self._rows = rows[:cut], rows[cut:]
+            self._callbacks = []
+            self._submit(rows, callbacks, snapshot)
+            return
         if not rows:
             if callbacks:
                 self._callbacks = []
@@ -67,16 +82,24 @@ class Journal:
             self._idle.set()
             return
         self._rows, self._callbacks = [], []
+        self._submit(rows, callbacks, None)
+
+    def _submit(
+        self, rows: list[Row], callbacks: list[Callable[[], None]], snapshot: bytes | None
+    ) -> None:
         if not self._durable:
-            self._store.append(rows)
+            self._store.append(rows, snapshot)
             self.committed_batches += 1
             for cb in callbacks:
                 cb()
-            self._idle.set()
+            if self._rows or self._callbacks:
+                self._kick()
+            else:
+                self._idle.set()
             return
         self._in_flight = True
         self._idle.clear()
-        future = self._executor.submit(self._store.append, rows)
+        future = self._executor.submit(self._store.append, rows, snapshot)
         future.add_done_callback(
             lambda f: self._loop.call_soon_threadsafe(self._done, f, callbacks)
         )

@@ -21,7 +21,7 @@ from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
 
-from . import convert
+from . import convert, snapshot
 from .core import AckStatus, Core, GraphError, NodeState, Outcome, Record, RunLimits, RunState
 from .journal import Journal
 from .store import Store
@@ -102,6 +102,7 @@ class Runtime:
         heartbeat_interval_s: float = 2.0,
         session_timeout_s: float = 6.0,
         limits: RunLimits | None = None,
+        snapshot_every: int = 200_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -109,6 +110,9 @@ class Runtime:
         self.session_timeout_s = session_timeout_s
         self.limits = limits or RunLimits()
         self.clock = clock
+        # Take a snapshot after this many events, so that recovery replays at most that many.
+        self.snapshot_every = snapshot_every
+        self._since_snapshot = 0
         self.core: Core
         self.journal: Journal
         self.links: dict[str, Link] = {}
@@ -127,7 +131,7 @@ class Runtime:
         self.core = Core(lease_epoch=epoch, default_limits=self.limits)
         self.journal = Journal(self.store, loop)
         started = time.perf_counter()
-        count = await asyncio.to_thread(self._replay)
+        count = await asyncio.to_thread(self._recover)
         if count:
             self.core.expire_all_leases(reason="coordinator restarted", now=self.clock())
             log.info("replayed %d events in %.2f s", count, time.perf_counter() - started)
@@ -152,6 +156,8 @@ class Runtime:
         for link in list(self.links.values()):
             link.closed = link.closed or "coordinator shutting down"
             link.wake.set()
+        if self._since_snapshot and self.journal.error is None:
+            self.take_snapshot()
         await self.journal.wait_idle()
         self.journal.close()
         for queues in self._watchers.values():
@@ -393,6 +399,9 @@ class Runtime:
                 events.append(event)
                 rows.append((rec.run_id, run.last_seq, event.SerializeToString()))
             self.journal.append(rows)
+            self._since_snapshot += len(rows)
+            if self._since_snapshot >= self.snapshot_every:
+                self.take_snapshot()
             if self._watchers:
                 self.journal.after_commit(lambda: self._publish(events))
         links = self.links
@@ -414,6 +423,12 @@ class Runtime:
                 )
                 link.wake.set()
         self._arm_timer()
+
+    def take_snapshot(self) -> None:
+        self._since_snapshot = 0
+        started = time.perf_counter()
+        self.journal.snapshot(snapshot.dump(self.core))
+        log.info("snapshot taken in %.3f s", time.perf_counter() - started)
 
     def _publish(self, events: list[rpb.RunEvent]) -> None:
         watchers = self._watchers
@@ -461,10 +476,20 @@ class Runtime:
 
     # --- replay --------------------------------------------------------------------------
 
-    def _replay(self) -> int:
+    def _recover(self) -> int:
+        """Newest snapshot, then the events after it. Returns how many things were loaded."""
+        core = self.core
+        position, count = 0, 0
+        found = self.store.load_snapshot()
+        if found is not None:
+            position, data = found
+            count = snapshot.load(core, data, now=self.clock())
+        return count + self._replay(position)
+
+    def _replay(self, after: int) -> int:
         count = 0
         core = self.core
-        for data in self.store.replay():
+        for data in self.store.replay(after):
             event = rpb.RunEvent.FromString(data)
             self._apply(event)
             run = core.runs.get(event.run_id)

@@ -32,12 +32,14 @@ class Coordinator:
         store_url: str = "memory",
         heartbeat_interval_s: float = 2.0,
         session_timeout_s: float = 6.0,
+        snapshot_every: int = 200_000,
     ) -> None:
         self.listen = listen
         self.runtime = Runtime(
             open_store(store_url),
             heartbeat_interval_s=heartbeat_interval_s,
             session_timeout_s=session_timeout_s,
+            snapshot_every=snapshot_every,
         )
         self.address = ""
         self._server: grpc.aio.Server | None = None

@@ -28,7 +28,7 @@ from .model import (
     RunState,
     SplitNode,
 )
-from .scheduler import Assignment, CancelOrder, Core, Record, Session
+from .scheduler import Assignment, CancelOrder, Core, Record, RestoredNode, Session
 from .validate import validate
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "Record",
     "RemoveEdge",
     "RemoveNode",
+    "RestoredNode",
     "RetryPolicy",
     "RunLimits",
     "RunState",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import mutations as mutation_batch
 from .graph import Node, Run
@@ -55,6 +55,19 @@ class Record:
         self.data = data
         self.transitions = run.transitions
         run.transitions = []
+
+
+class RestoredNode(NamedTuple):
+    spec: NodeSpec
+    state: NodeState
+    attempt: int
+    failures: int
+    lease: int
+    result: bytes
+    error: NodeError | None
+    parent_id: str
+    depth: int
+    not_before: float
 
 
 class Session:
@@ -171,6 +184,56 @@ class Core:
         # them would make the first event as large as the graph twice over.
         run.transitions.clear()
         self._settle(run, "submitted", payload)
+        return run
+
+    def restore_run(
+        self,
+        run_id: str,
+        *,
+        name: str,
+        limits: RunLimits,
+        created_at: float,
+        ended_at: float,
+        last_seq: int,
+        rng_state: int,
+        cancelled: bool,
+        failed: bool,
+        nodes: Sequence[RestoredNode],
+        now: float,
+    ) -> Run:
+        """Rebuilds a run from a snapshot (nodes as they were, with their current edges)."""
+        self.now = now
+        run = Run(
+            run_id, name=name, limits=limits, seed=0, created_at=created_at, on_ready=self._on_ready
+        )
+        run.rng_state, run.cancelled, run.failed = rng_state, cancelled, failed
+        run.ended_at, run.last_seq = ended_at, last_seq
+        table = run.nodes
+        for r in nodes:
+            node = Node(run, r.spec, parent_id=r.parent_id, depth=r.depth)
+            node.state, node.attempt, node.failures, node.lease = (
+                r.state,
+                r.attempt,
+                r.failures,
+                r.lease,
+            )
+            node.result, node.error, node.not_before = r.result, r.error, r.not_before
+            table[node.id] = node
+            run.counts[node.state] += 1
+            if node.state not in TERMINAL:
+                run.unfinished += 1
+        for node in table.values():
+            for dep in node.deps:
+                table[dep].dependents.append(node.id)
+        for node in table.values():
+            if node.state in NOT_STARTED:
+                node.waiting = sum(1 for d in node.deps if table[d].state not in TERMINAL)
+        if run.unfinished == 0:
+            run.state = run.end_state()
+        self.runs[run_id] = run
+        for node in table.values():
+            if node.state is NodeState.READY:
+                self._on_ready(node)
         return run
 
     def cancel_run(self, run_id: str, *, reason: str, now: float, payload: Any = None) -> RunState:
@@ -578,4 +641,12 @@ def _check_graph(specs: Sequence[NodeSpec], limits: RunLimits) -> None:
         raise GraphError(f"the graph has a cycle through {', '.join(map(repr, on_cycle))}")
 
 
-__all__ = ["NOT_STARTED", "Assignment", "CancelOrder", "Core", "Record", "Session"]
+__all__ = [
+    "NOT_STARTED",
+    "Assignment",
+    "CancelOrder",
+    "Core",
+    "Record",
+    "RestoredNode",
+    "Session",
+]

@@ -15,12 +15,13 @@ class MemoryStore:
         self._log: list[bytes] = []
         self._runs: dict[str, tuple[list[int], list[bytes]]] = {}
         self._epoch = 0
+        self._snapshot: tuple[int, bytes] | None = None
 
     def open(self) -> int:
         self._epoch += 1
         return self._epoch
 
-    def append(self, rows: list[tuple[str, int, bytes]]) -> None:
+    def append(self, rows: list[tuple[str, int, bytes]], snapshot: bytes | None = None) -> None:
         runs = self._runs
         for run_id, seq, _ in rows:
             entry = runs.get(run_id)
@@ -34,8 +35,14 @@ class MemoryStore:
             entry[0].append(seq)
             entry[1].append(data)
 
-    def replay(self) -> Iterator[bytes]:
-        return iter(list(self._log))
+        if snapshot is not None:
+            self._snapshot = (len(self._log), snapshot)
+
+    def load_snapshot(self) -> tuple[int, bytes] | None:
+        return self._snapshot
+
+    def replay(self, after: int = 0) -> Iterator[bytes]:
+        return iter(self._log[after:])
 
     def read(self, run_id: str, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
         entry = self._runs.get(run_id)

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS events (
   data BLOB NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_run_seq ON events (run_id, seq);
+CREATE TABLE IF NOT EXISTS snapshots (position INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
@@ -74,12 +75,17 @@ class SqliteStore:
             ) from exc
         return epoch
 
-    def append(self, rows: list[tuple[str, int, bytes]]) -> None:
+    def append(self, rows: list[tuple[str, int, bytes]], snapshot: bytes | None = None) -> None:
         conn = self._write
         assert conn is not None, "open() first"
         try:
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO events (run_id, seq, data) VALUES (?, ?, ?)", rows)
+            if snapshot is not None:
+                (position,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+                # Only the newest snapshot is ever read: keep one.
+                conn.execute("DELETE FROM snapshots")
+                conn.execute("INSERT INTO snapshots VALUES (?, ?)", (position, snapshot))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -88,9 +94,17 @@ class SqliteStore:
                 raise StoreError(f"the disk holding {self.path} is full: {exc}") from exc
             raise StoreError(f"cannot write to the SQLite store {self.path}: {exc}") from exc
 
-    def replay(self) -> Iterator[bytes]:
+    def load_snapshot(self) -> tuple[int, bytes] | None:
+        row = (
+            self._reader()
+            .execute("SELECT position, data FROM snapshots ORDER BY position DESC LIMIT 1")
+            .fetchone()
+        )
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def replay(self, after: int = 0) -> Iterator[bytes]:
         conn = self._reader()
-        cur = conn.execute("SELECT data FROM events ORDER BY id")
+        cur = conn.execute("SELECT data FROM events WHERE id > ? ORDER BY id", (after,))
         while True:
             rows = cur.fetchmany(4096)
             if not rows:
