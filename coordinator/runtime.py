@@ -17,6 +17,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
@@ -24,7 +26,7 @@ from hivegrid.v1 import worker_pb2 as wpb
 from . import convert, snapshot
 from .core import AckStatus, Core, GraphError, NodeState, Outcome, Record, RunLimits, RunState
 from .journal import Journal
-from .store import Store
+from .store import Store, StoreError
 
 log = logging.getLogger("hivegrid.runtime")
 
@@ -209,6 +211,8 @@ class Runtime:
         return seq
 
     def get_run(self, run_id: str, *, with_results: bool = True) -> rpb.GetRunResponse:
+        # After a failed write the state in memory is ahead of the log: show none of it.
+        self.journal.check()
         run = self.core.runs.get(run_id)
         if run is None:
             raise KeyError(run_id)
@@ -218,6 +222,7 @@ class Runtime:
         )
 
     def list_runs(self, limit: int) -> list[rpb.RunInfo]:
+        self.journal.check()
         runs = sorted(self.core.runs.values(), key=lambda r: r.created_at, reverse=True)
         return [convert.run_info(r) for r in runs[: limit or 100]]
 
@@ -256,6 +261,7 @@ class Runtime:
     ) -> AsyncIterator[list[rpb.RunEvent]]:
         """Committed events of a run from `from_seq` on, in batches, with no gap and no
         duplicate, then live ones; ends after RunEnded unless `follow`."""
+        self.journal.check()
         if run_id not in self.core.runs:
             raise KeyError(run_id)
         queue: asyncio.Queue[rpb.RunEvent | None] = asyncio.Queue()
@@ -402,9 +408,13 @@ class Runtime:
             self._since_snapshot += len(rows)
             if self._since_snapshot >= self.snapshot_every:
                 self.take_snapshot()
-            if self._watchers:
-                self.journal.after_commit(lambda: self._publish(events))
+            # Always: a watcher may subscribe between this append and its commit.
+            self.journal.after_commit(lambda: self._publish(events))
         links = self.links
+        if self.journal.error is not None:
+            # Nothing more is started on a log that cannot be written: after a restart, the
+            # coordinator carries on from what was durable.
+            assignments = []
         for a in assignments:
             link = links.get(a.session_id)
             if link is not None:
@@ -432,6 +442,8 @@ class Runtime:
 
     def _publish(self, events: list[rpb.RunEvent]) -> None:
         watchers = self._watchers
+        if not watchers:
+            return
         for event in events:
             queues = watchers.get(event.run_id)
             if queues:
@@ -490,12 +502,31 @@ class Runtime:
         count = 0
         core = self.core
         for data in self.store.replay(after):
-            event = rpb.RunEvent.FromString(data)
-            self._apply(event)
+            count += 1
+            try:
+                event = rpb.RunEvent.FromString(data)
+            except DecodeError as exc:
+                raise StoreError(
+                    f"the event log is damaged: event {after + count} cannot be read ({exc}); "
+                    "restore the store from a backup, or move it aside to start empty"
+                ) from exc
+            run = core.runs.get(event.run_id)
+            expected = run.last_seq + 1 if run is not None else 1
+            if event.seq != expected:
+                raise StoreError(
+                    f"the event log is damaged: run {event.run_id} jumps from event "
+                    f"{expected - 1} to {event.seq}; restore the store from a backup"
+                )
+            try:
+                self._apply(event)
+            except (GraphError, KeyError, AssertionError) as exc:
+                raise StoreError(
+                    f"the event log does not replay: event {event.seq} of run {event.run_id} "
+                    f"({event.WhichOneof('kind')}) fails with {exc!r}"
+                ) from exc
             run = core.runs.get(event.run_id)
             if run is not None:
                 run.last_seq = event.seq
-            count += 1
             core.take_outbox()
         return count
 

@@ -37,11 +37,14 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
     async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
         try:
             return self.runtime.get_run(request.run_id, with_results=not request.omit_results)
-        except KeyError as exc:
+        except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
     async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
-        return rpb.ListRunsResponse(runs=self.runtime.list_runs(request.limit))
+        try:
+            return rpb.ListRunsResponse(runs=self.runtime.list_runs(request.limit))
+        except StoreError as exc:
+            await _fail(context, exc)
 
     async def WatchRun(self, request, context) -> AsyncIterator[rpb.WatchRunResponse]:  # type: ignore[no-untyped-def]
         try:
@@ -49,7 +52,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 request.run_id, request.from_seq, request.follow_after_end
             ):
                 yield rpb.WatchRunResponse(events=events)
-        except KeyError as exc:
+        except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
     async def CancelRun(self, request, context):  # type: ignore[no-untyped-def]

@@ -1,0 +1,103 @@
+"""Damaged storage is reported clearly, and a store that cannot write refuses new work."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator.server import Coordinator
+from coordinator.store import StoreError
+from hivegrid.v1 import graph_pb2 as gpb
+
+from .harness import Client, RawWorker, node
+
+
+def _make_log(url: str) -> None:
+    async def scenario() -> None:
+        async with Coordinator(store_url=url) as c:
+            client = Client(c.address)
+            w = await RawWorker(c.address).connect()
+            run_id = await client.submit(node("a"), node("b", deps=["a"]))
+            for _ in range(2):
+                (a,) = await w.take()
+                w.answer(a)
+            await client.wait_end(run_id)
+            await w.close()
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def _start(url: str) -> None:
+    async def scenario() -> None:
+        async with Coordinator(store_url=url):
+            pass
+
+    asyncio.run(scenario())
+
+
+def _edit(path: Path, sql: str) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM snapshots")  # force a replay of the whole log
+        conn.execute(sql)
+
+
+def test_corrupt_tail_is_detected_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "hg.db"
+    _make_log(f"sqlite:///{path}")
+    _edit(path, "UPDATE events SET data = x'ffffffff0a' WHERE id = (SELECT MAX(id) FROM events)")
+    with pytest.raises(StoreError, match=r"event log is damaged: event \d+ cannot be read"):
+        _start(f"sqlite:///{path}")
+
+
+def test_missing_events_are_detected(tmp_path: Path) -> None:
+    path = tmp_path / "hg.db"
+    _make_log(f"sqlite:///{path}")
+    _edit(path, "DELETE FROM events WHERE seq = 3")
+    with pytest.raises(StoreError, match="jumps from event 2 to 4"):
+        _start(f"sqlite:///{path}")
+
+
+def test_full_disk_refuses_new_work_and_acks_nothing_it_cannot_keep(tmp_path: Path) -> None:
+    path = tmp_path / "hg.db"
+
+    async def scenario() -> None:
+        async with Coordinator(store_url=f"sqlite:///{path}") as c:
+            client = Client(c.address)
+            w = await RawWorker(c.address).connect()
+            run_id = await client.submit(node("a"))
+            (a,) = await w.take()
+            # Cap the database at its current size: the next write fails with SQLITE_FULL,
+            # exactly as on a full disk.
+            store = c.runtime.store
+            conn = store._write  # type: ignore[attr-defined]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            w.answer(a, b'"x" ' * 50_000)
+            # The ack must never come: there is no event to wait on, so give it a second.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(w.acks.get(), 1.0)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.submit(node("z"))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "full" in info.value.details()
+            # What is in memory is ahead of the log: the coordinator shows none of it.
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.get(run_id)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            await w.drop()
+            await client.close()
+
+        # Space is back (a new connection has no cap): a restart carries on from the log.
+        async with Coordinator(store_url=f"sqlite:///{path}") as c:
+            client = Client(c.address)
+            run = await client.get(run_id)
+            assert [(n.id, n.state) for n in run.nodes] == [("a", gpb.NODE_STATE_READY)]
+            await w.drop()
+            await client.close()
+
+    asyncio.run(scenario())
