@@ -97,7 +97,6 @@ def test_full_disk_refuses_new_work_and_acks_nothing_it_cannot_keep(tmp_path: Pa
             client = Client(c.address)
             run = await client.get(run_id)
             assert [(n.id, n.state) for n in run.nodes] == [("a", gpb.NODE_STATE_READY)]
-            await w.drop()
             await client.close()
 
     asyncio.run(scenario())
