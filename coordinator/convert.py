@@ -96,9 +96,7 @@ def error_from_pb(msg: gpb.NodeError) -> core.NodeError:
     return core.NodeError(msg.message, msg.retryable, msg.kind or "agent")
 
 
-def error_to_pb(err: core.NodeError | None) -> gpb.NodeError | None:
-    if err is None:
-        return None
+def error_to_pb(err: core.NodeError) -> gpb.NodeError:
     return gpb.NodeError(message=err.message, retryable=err.retryable, kind=err.kind)
 
 
@@ -108,7 +106,7 @@ def run_info(run: core_graph.Run) -> rpb.RunInfo:
     return rpb.RunInfo(
         run_id=run.run_id,
         name=run.name,
-        state=int(run.state),  # type: ignore[arg-type]
+        state=gpb.RunState.ValueType(run.state),
         counts=rpb.NodeCounts(
             pending=c[S.PENDING],
             ready=c[S.READY],
@@ -129,7 +127,7 @@ def node_status(node: core_graph.Node, *, with_result: bool) -> rpb.NodeStatus:
     msg = rpb.NodeStatus(
         id=node.id,
         agent=node.spec.agent,
-        state=int(node.state),  # type: ignore[arg-type]
+        state=gpb.NodeState.ValueType(node.state),
         attempts=node.attempt,
         depends_on=node.deps,
         parent_id=node.parent_id,

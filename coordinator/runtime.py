@@ -647,7 +647,7 @@ def _event(rec: Record, seq: int, now: float) -> rpb.RunEvent:
     elif kind == "mutated":
         ev.mutations_applied.mutations.extend(data or ())
     elif kind == "ended":
-        ev.run_ended.state = int(data)
+        ev.run_ended.state = gpb.RunState.ValueType(data)
     else:  # pragma: no cover - the core only makes the kinds above
         raise AssertionError(f"unknown record kind {kind!r}")
     if rec.transitions:

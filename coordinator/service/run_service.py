@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 
+from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import run_pb2_grpc
 
@@ -14,7 +15,9 @@ from ..runtime import Runtime
 from ..store import StoreError
 
 
-async def _fail(context: grpc.aio.ServicerContext, exc: Exception, run_id: str = "") -> None:
+async def _fail(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, run_id: str = ""
+) -> NoReturn:
     if isinstance(exc, GraphError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, KeyError):
@@ -28,25 +31,25 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def SubmitRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def SubmitRun(self, request: Any, context: Any) -> Any:
         try:
             return rpb.SubmitRunResponse(run_id=self.runtime.submit(request))
         except (GraphError, StoreError) as exc:
             await _fail(context, exc)
 
-    async def GetRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRun(self, request: Any, context: Any) -> Any:
         try:
             return self.runtime.get_run(request.run_id, with_results=not request.omit_results)
         except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
-    async def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListRuns(self, request: Any, context: Any) -> Any:
         try:
             return rpb.ListRunsResponse(runs=self.runtime.list_runs(request.limit))
         except StoreError as exc:
             await _fail(context, exc)
 
-    async def WatchRun(self, request, context) -> AsyncIterator[rpb.WatchRunResponse]:  # type: ignore[no-untyped-def]
+    async def WatchRun(self, request: Any, context: Any) -> Any:
         try:
             async for events in self.runtime.watch(
                 request.run_id, request.from_seq, request.follow_after_end
@@ -55,23 +58,23 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
-    async def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def CancelRun(self, request: Any, context: Any) -> Any:
         try:
             state = self.runtime.cancel(request.run_id, request.reason)
-            return rpb.CancelRunResponse(state=int(state))
+            return rpb.CancelRunResponse(state=gpb.RunState.ValueType(state))
         except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
-    async def MutateRun(self, request, context):  # type: ignore[no-untyped-def]
+    async def MutateRun(self, request: Any, context: Any) -> Any:
         try:
             return rpb.MutateRunResponse(seq=self.runtime.mutate(request.run_id, request.mutations))
         except (KeyError, GraphError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
-    async def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListWorkers(self, request: Any, context: Any) -> Any:
         return rpb.ListWorkersResponse(workers=self.runtime.list_workers())
 
-    async def DrainWorker(self, request, context):  # type: ignore[no-untyped-def]
+    async def DrainWorker(self, request: Any, context: Any) -> Any:
         count = self.runtime.drain(request.worker)
         if not count:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no worker {request.worker!r}")
