@@ -300,7 +300,7 @@ class Runtime:
 
     # --- worker sessions -----------------------------------------------------------------
 
-    def open_session(self, hello: wpb.Hello) -> Link:
+    def open_session(self, hello: wpb.Hello) -> tuple[Link, list[wpb.AssignmentRef]]:
         self._session_ids += 1
         session_id = f"s-{os.urandom(3).hex()}-{self._session_ids}"
         link = Link(session_id, hello, self.clock())
@@ -316,8 +316,8 @@ class Runtime:
             now=self.clock(),
         )
         self._flush()
-        log.debug("session %s kept %d held attempts", session_id, len(kept))
-        return link
+        refs = [wpb.AssignmentRef(run_id=r, node_id=n, attempt=a, lease=le) for r, n, a, le in kept]
+        return link, refs
 
     def on_results(self, link: Link, results: Iterable[wpb.Result]) -> None:
         core = self.core

@@ -7,7 +7,7 @@ the events up to its position in the log.
 
 from __future__ import annotations
 
-from hivegrid.v1 import storage_pb2 as spb
+from hivegrid.storage.v1 import storage_pb2 as spb
 
 from . import convert
 from .core import Core, NodeState, RestoredNode, RunLimits

@@ -56,7 +56,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if problem:
             yield _refuse(problem)
             return
-        link = runtime.open_session(first.hello)
+        link, kept = runtime.open_session(first.hello)
         log.info(
             "worker %s (%s) connected as %s with %d slots",
             link.worker_name,
@@ -72,6 +72,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 session_timeout_s=runtime.session_timeout_s,
                 max_message_bytes=MAX_MESSAGE_BYTES,
                 max_batch=MAX_BATCH,
+                held=kept,
             )
         )
         reader = asyncio.create_task(self._read(request_iterator, link))

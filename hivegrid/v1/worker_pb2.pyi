@@ -257,6 +257,7 @@ class Welcome(_message.Message):
     SESSION_TIMEOUT_S_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     protocol_version: _builtins.int
     heartbeat_interval_s: _builtins.float
@@ -267,6 +268,12 @@ class Welcome(_message.Message):
     """Largest message the coordinator accepts, in bytes."""
     max_batch: _builtins.int
     """Most results (or progress items) the coordinator wants in one message."""
+    @_builtins.property
+    def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignmentRef]:
+        """Of the refs in Hello.held, those whose attempts are still current and now leased to this
+        session (they count against its slots). Stop the others: their answers will be stale.
+        """
+
     def __init__(
         self,
         *,
@@ -276,10 +283,11 @@ class Welcome(_message.Message):
         session_timeout_s: _builtins.float = ...,
         max_message_bytes: _builtins.int = ...,
         max_batch: _builtins.int = ...,
+        held: _abc.Iterable[Global___AssignmentRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "max_batch", b"max_batch", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "session_id", b"session_id", "session_timeout_s", b"session_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "held", b"held", "max_batch", b"max_batch", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "session_id", b"session_id", "session_timeout_s", b"session_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -179,7 +179,9 @@ def test_reconnecting_worker_keeps_its_current_attempt() -> None:
             run_id = await client.submit(node("a"))
             (a,) = await w1.take()
             await w1.drop()
-            w2 = await RawWorker(c.address, held=[a.ref]).connect()
+            bogus = wpb.AssignmentRef(run_id=run_id, node_id="a", attempt=9, lease=12345)
+            w2 = await RawWorker(c.address, held=[a.ref, bogus]).connect()
+            assert w2.welcome is not None and list(w2.welcome.held) == [a.ref]
             w2.answer(a)
             assert (await w2.ack()).status == wpb.ACK_STATUS_COMMITTED
             run = await client.wait_end(run_id)

@@ -1,0 +1,1 @@
+"""The coordinator's internal storage formats (generated)."""

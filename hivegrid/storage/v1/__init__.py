@@ -1,0 +1,1 @@
+"""Generated from protos/hivegrid/storage/v1 by `make gen`. Do not edit."""
