@@ -169,6 +169,20 @@ class Runtime:
 
     # --- client API ----------------------------------------------------------------------
 
+    async def durable(self) -> None:
+        """Returns once everything appended so far is committed (raises if it cannot be)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self.journal.after_commit(resolve)
+        while not done.done():
+            self.journal.check()
+            await asyncio.wait([done], timeout=1.0)
+        self.journal.check()
+
     def submit(self, req: rpb.SubmitRunRequest) -> str:
         self.journal.check()
         run_id = req.run_id or "r-" + os.urandom(6).hex()

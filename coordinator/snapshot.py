@@ -41,6 +41,7 @@ def dump(core: Core) -> bytes:
                 parent_id=node.parent_id,
                 spawn_depth=node.depth,
                 not_before=node.not_before,
+                open_attempt=node.open,
             )
             if node.error is not None:
                 n.error.CopyFrom(convert.error_to_pb(node.error))
@@ -63,6 +64,7 @@ def load(core: Core, data: bytes, *, now: float) -> int:
                 parent_id=n.parent_id,
                 depth=n.spawn_depth,
                 not_before=n.not_before,
+                open=n.open_attempt,
             )
             for n in r.nodes
         ]

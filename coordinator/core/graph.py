@@ -71,6 +71,7 @@ class Node:
         "failures",
         "lease",
         "not_before",
+        "open",
         "parent_id",
         "queued",
         "result",
@@ -95,6 +96,10 @@ class Node:
         self.failures = 0
         # Lease of the latest attempt: the only one whose answer is current. 0 = none yet.
         self.lease = 0
+        # Whether the latest attempt may still be answered: from dispatch until it is answered,
+        # fails or times out. A lost worker's attempt stays open while the node waits in READY,
+        # so a reconnecting worker's result is still taken (docs/design.md).
+        self.open = False
         self.session_id = ""
         self.result = b""
         self.error: NodeError | None = None
@@ -282,17 +287,15 @@ class Run:
 def is_ancestor_free(
     run: Run, start: str, target: str, deps_of: Callable[[str], list[str]]
 ) -> bool:
-    """True when `target` is not reachable from `start` by following dependencies through
-    nodes that have not started (started nodes only have resolved, older ancestors)."""
+    """True when `target` is not reachable from `start` by following dependencies. The walk
+    does not stop at started nodes: a node that runs on failure can sit above a SKIPPED node
+    that still waits on an unstarted one."""
     stack = [start]
     seen = {start}
     while stack:
         cur = stack.pop()
         if cur == target:
             return False
-        node = run.nodes.get(cur)
-        if node is not None and node.state not in NOT_STARTED:
-            continue
         for d in deps_of(cur):
             if d not in seen:
                 seen.add(d)

@@ -93,6 +93,9 @@ class _View:
         state = self.state(node_id)
         if state not in NOT_STARTED:
             raise GraphError(f"{what}: node {node_id!r} already started ({state.name})")
+        node = self.run.nodes.get(node_id)
+        if node is not None and node.attempt > 0 and node_id not in self.added:
+            raise GraphError(f"{what}: node {node_id!r} already started (attempt {node.attempt})")
 
     def deps_of(self, node_id: str) -> list[str]:
         got = self.deps.get(node_id)
@@ -309,7 +312,9 @@ def commit(view: _View, *, make_node: Callable[[NodeSpec, int], Node]) -> list[N
         node.deps = new_deps
         touched.append(node)
     for node_id, spec in view.modified.items():
-        node = nodes[node_id]
+        node = nodes.get(node_id)
+        if node is None:  # removed later in the same batch
+            continue
         if node.state is NodeState.READY and spec.priority != node.spec.priority:
             node.spec = spec
             run.on_ready(node)  # requeue at the new priority
@@ -319,15 +324,19 @@ def commit(view: _View, *, make_node: Callable[[NodeSpec, int], Node]) -> list[N
     for node in touched:
         if node.state in NOT_STARTED:
             run.refresh(node)
+    # Only the last mark of a node counts; applied against the state it has now.
     for node_id, kind in view.marks.items():
-        node = nodes[node_id]
-        if node.state in TERMINAL:
+        node = nodes.get(node_id)
+        if node is None or node.state in TERMINAL:
             continue
+        speculative = node.state is NodeState.SPECULATIVE
         if kind == "mark":
-            node.queued = 0
-            run.transition(node, NodeState.SPECULATIVE)
+            if not speculative:
+                node.queued = 0
+                run.transition(node, NodeState.SPECULATIVE)
         elif kind == "confirm":
-            run.release(node)
+            if speculative:
+                run.release(node)
         else:
             node.error = DISCARDED_ERROR
             run.transition(node, NodeState.SKIPPED)
@@ -340,7 +349,7 @@ def _prune(view: _View) -> list[Node]:
     stack = list(view.prunes)
     while stack:
         node_id = stack.pop()
-        if node_id in doomed:
+        if node_id in doomed or node_id not in nodes:  # removed later in the same batch
             continue
         node = nodes[node_id]
         doomed[node_id] = node

@@ -68,6 +68,7 @@ class RestoredNode(NamedTuple):
     parent_id: str
     depth: int
     not_before: float
+    open: bool
 
 
 class Session:
@@ -218,6 +219,7 @@ class Core:
                 r.lease,
             )
             node.result, node.error, node.not_before = r.result, r.error, r.not_before
+            node.open = r.open
             table[node.id] = node
             run.counts[node.state] += 1
             if node.state not in TERMINAL:
@@ -293,12 +295,21 @@ class Core:
             return AckStatus.STALE, "the attempt is no longer current"
         run = node.run
         if node.state is NodeState.CANCELLED:
+            node.open = False
             if outcome is Outcome.CANCELLED and run.state is RunState.RUNNING:
                 self._settle(run, "finished", (payload, ""))
                 return AckStatus.COMMITTED, ""
             return AckStatus.STALE, "the node was cancelled"
         if node.state not in (NodeState.RUNNING, NodeState.READY):
             return AckStatus.STALE, "the attempt is no longer current"
+        node.open = False
+        if outcome is Outcome.CANCELLED:
+            if node.state is NodeState.RUNNING:
+                # The worker gave the attempt up on its own (it was shutting down): like a lost
+                # worker. A READY node (its worker was lost) just stays queued.
+                self._requeue(node)
+            self._settle(run, "finished", (payload, ""))
+            return AckStatus.COMMITTED, ""
         node.queued = 0
         status, rejection = AckStatus.COMMITTED, ""
         if outcome is Outcome.SUCCEEDED:
@@ -315,11 +326,8 @@ class Core:
                 node.result = result
                 node.error = None
                 run.transition(node, NodeState.SUCCEEDED)
-        elif outcome is Outcome.FAILED:
+        else:
             self._fail(node, error or NodeError("failed without an error", True, "agent"))
-        elif node.state is NodeState.RUNNING:
-            # The worker gave the attempt up on its own (it was shutting down): like a lost worker.
-            self._requeue(node)
         self._settle(run, "finished", (payload, rejection))
         return status, rejection
 
@@ -368,6 +376,8 @@ class Core:
                 old = self.sessions.get(node.session_id)
                 if old is not None:
                     old.in_flight.pop(lease, None)
+                    if not old.draining:
+                        self._hungry.add(old.id)
             elif node.state is NodeState.READY:
                 node.queued = 0
                 node.run._set(node, NodeState.RUNNING)
@@ -442,6 +452,7 @@ class Core:
         if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
             return
         attempt = node.attempt
+        node.open = False
         self._cancel_on_worker(node, "timeout")
         self._fail(
             node, NodeError(f"timed out after {node.spec.timeout_s:g} s", True, TIMEOUT_KIND)
@@ -477,7 +488,7 @@ class Core:
     def replay_dispatch(self, run_id: str, node_id: str, attempt: int, lease: int) -> None:
         """Re-applies a logged dispatch during replay (no session exists any more)."""
         node = self._run(run_id).nodes[node_id]
-        node.attempt, node.lease, node.session_id = attempt, lease, ""
+        node.attempt, node.lease, node.session_id, node.open = attempt, lease, "", True
         node.queued = 0
         if node.state is NodeState.READY:
             node.run._set(node, NodeState.RUNNING)
@@ -508,7 +519,7 @@ class Core:
     def _current(self, run_id: str, node_id: str, attempt: int, lease: int) -> Node | None:
         run = self.runs.get(run_id)
         node = run.nodes.get(node_id) if run is not None else None
-        if node is None or node.lease != lease or node.attempt != attempt or lease == 0:
+        if node is None or node.lease != lease or node.attempt != attempt or not node.open:
             return None
         return node
 
@@ -516,6 +527,7 @@ class Core:
         node.queued = 0
         node.attempt += 1
         node.lease = lease = next(self._lease_ids)
+        node.open = True
         node.session_id = session.id
         session.in_flight[lease] = node
         node.run.transition(node, NodeState.RUNNING)

@@ -33,7 +33,9 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
 
     async def SubmitRun(self, request: Any, context: Any) -> Any:
         try:
-            return rpb.SubmitRunResponse(run_id=self.runtime.submit(request))
+            run_id = self.runtime.submit(request)
+            await self.runtime.durable()  # a client told "created" must find it after a crash
+            return rpb.SubmitRunResponse(run_id=run_id)
         except (GraphError, StoreError) as exc:
             await _fail(context, exc)
 
@@ -61,13 +63,16 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
     async def CancelRun(self, request: Any, context: Any) -> Any:
         try:
             state = self.runtime.cancel(request.run_id, request.reason)
+            await self.runtime.durable()
             return rpb.CancelRunResponse(state=gpb.RunState.ValueType(state))
         except (KeyError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 
     async def MutateRun(self, request: Any, context: Any) -> Any:
         try:
-            return rpb.MutateRunResponse(seq=self.runtime.mutate(request.run_id, request.mutations))
+            seq = self.runtime.mutate(request.run_id, request.mutations)
+            await self.runtime.durable()
+            return rpb.MutateRunResponse(seq=seq)
         except (KeyError, GraphError, StoreError) as exc:
             await _fail(context, exc, request.run_id)
 

@@ -108,6 +108,7 @@ class NodeSnapshot(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     SPAWN_DEPTH_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
+    OPEN_ATTEMPT_FIELD_NUMBER: _builtins.int
     state: _graph_pb2.NodeState.ValueType
     attempt: _builtins.int
     failures: _builtins.int
@@ -116,6 +117,8 @@ class NodeSnapshot(_message.Message):
     parent_id: _builtins.str
     spawn_depth: _builtins.int
     not_before: _builtins.float
+    open_attempt: _builtins.bool
+    """Whether the latest attempt may still be answered (a lost worker's attempt may)."""
     @_builtins.property
     def spec(self) -> _graph_pb2.NodeSpec:
         """`spec.depends_on` is the node's current dependency list (mutations may have changed it)."""
@@ -135,10 +138,11 @@ class NodeSnapshot(_message.Message):
         parent_id: _builtins.str = ...,
         spawn_depth: _builtins.int = ...,
         not_before: _builtins.float = ...,
+        open_attempt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "failures", b"failures", "lease", b"lease", "not_before", b"not_before", "parent_id", b"parent_id", "result", b"result", "spawn_depth", b"spawn_depth", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "failures", b"failures", "lease", b"lease", "not_before", b"not_before", "open_attempt", b"open_attempt", "parent_id", b"parent_id", "result", b"result", "spawn_depth", b"spawn_depth", "spec", b"spec", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
