@@ -1,0 +1,459 @@
+"""The `hivegrid` command against a real coordinator process and the Python conformance worker.
+
+Client commands run in-process through `cli.main` (fast, and their output is captured); the
+coordinator and the workers are subprocesses, as a user would run them. Nothing waits by
+sleeping: readiness is read from the processes' own announcement lines, and run ends from the
+CLI's own --wait / watch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from coordinator import cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _read_line_matching(stream: IO[str], needle: str, timeout: float) -> str:
+    """Reads lines until one contains `needle`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    seen = []
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            line = stream.readline()
+            if not line:
+                break
+            seen.append(line)
+            if needle in line:
+                return line.strip()
+    finally:
+        selector.close()
+    raise AssertionError(f"no line with {needle!r} within {timeout}s; got {seen!r}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    """SIGTERM (a clean drain/shutdown), then the exit code; kills it if it hangs."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait(timeout=10)
+    finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("HIVEGRID_COORDINATOR", None)
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _start_worker(address: str, name: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.conformance", "--coordinator", address, "--name", name],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    _read_line_matching(proc.stderr, f"hivegrid worker {name} connected", timeout=20)
+    return proc
+
+
+@dataclass
+class Cluster:
+    address: str
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    db = tmp_path_factory.mktemp("coordinator") / "db"
+    coordinator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            f"sqlite:///{db}",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    worker = None
+    try:
+        assert coordinator.stdout is not None
+        line = _read_line_matching(coordinator.stdout, "hivegrid coordinator listening on", 20)
+        address = line.rsplit(" ", 1)[1]
+        worker = _start_worker(address, "cli-e2e")
+        yield Cluster(address)
+    finally:
+        if worker is not None:
+            assert _stop(worker) == 0
+        assert _stop(coordinator) == 0
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def hivegrid(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    monkeypatch.setenv("HIVEGRID_COORDINATOR", cluster.address)
+
+    def run(*argv: str) -> Outcome:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    return run
+
+
+def _graph(tmp_path: Path, doc: dict[str, Any], name: str = "g.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_submit_wait_json_succeeds(hivegrid: Any, tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "name: sums\n"
+        "nodes:\n"
+        "  - {id: a, agent: value, input: {value: 2}}\n"
+        "  - {id: b, agent: value, input: {value: 3}}\n"
+        "  - {id: c, agent: sum, depends_on: [a, b]}\n"
+    )
+    result = hivegrid("submit", str(path), "--wait", "--json")
+    assert result.code == 0, result.err
+    run = result.json()
+    assert run["state"] == "succeeded"
+    assert run["run_id"]
+    assert run["nodes"] == [
+        {
+            "id": "a",
+            "agent": "value",
+            "state": "succeeded",
+            "attempts": 1,
+            "result": {"value": 2},
+            "error": None,
+        },
+        {
+            "id": "b",
+            "agent": "value",
+            "state": "succeeded",
+            "attempts": 1,
+            "result": {"value": 3},
+            "error": None,
+        },
+        {
+            "id": "c",
+            "agent": "sum",
+            "state": "succeeded",
+            "attempts": 1,
+            "result": 5,
+            "error": None,
+        },
+    ]
+
+    status = hivegrid("status", run["run_id"], "--json")
+    assert status.code == 0
+    assert status.json() == run
+
+    table = hivegrid("status", run["run_id"])
+    assert table.code == 0
+    assert f"run {run['run_id']} (sums): succeeded" in table.out
+    assert "c     sum    succeeded  1         5" in table.out
+
+    runs = hivegrid("runs")
+    assert runs.code == 0
+    assert any(
+        line.split()[:3] == [run["run_id"], "sums", "succeeded"] for line in runs.out.splitlines()
+    )
+
+
+def test_submit_plain_prints_run_id_and_name_flag(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo", "input": 1}]})
+    result = hivegrid("submit", path, "--name", "renamed")
+    assert result.code == 0
+    run_id = result.out.strip()
+    assert run_id and "\n" not in run_id
+    listed = hivegrid("runs", "--json").json()
+    assert {"run_id": run_id, "name": "renamed"}.items() <= next(
+        r for r in listed if r["run_id"] == run_id
+    ).items()
+
+
+def test_failed_run_exits_1_and_names_the_error(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(
+        tmp_path,
+        {
+            "nodes": [
+                {"id": "x", "agent": "fail", "input": {"message": "boom", "retryable": False}},
+                {"id": "y", "agent": "echo", "depends_on": ["x"]},
+            ]
+        },
+    )
+    result = hivegrid("submit", path, "--wait", "--json")
+    assert result.code == 1
+    run = result.json()
+    assert run["state"] == "failed"
+    by_id = {n["id"]: n for n in run["nodes"]}
+    assert by_id["x"]["state"] == "failed"
+    assert by_id["x"]["error"] == "boom"
+    assert by_id["y"]["state"] == "skipped"
+
+    plain = hivegrid("submit", path, "--wait")
+    assert plain.code == 1
+    assert "failed" in plain.out and "x (fail): failed: boom" in plain.out
+
+
+def test_retries_show_in_attempts(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(
+        tmp_path,
+        {
+            "nodes": [
+                {
+                    "id": "f",
+                    "agent": "flaky",
+                    "input": {"fail_times": 2},
+                    "retry": {"max_attempts": 3, "initial_backoff_s": 0.01, "max_backoff_s": 0.02},
+                }
+            ]
+        },
+    )
+    run = hivegrid("submit", path, "--wait", "--json").json()
+    assert run["state"] == "succeeded"
+    assert run["nodes"][0]["attempts"] == 3
+    assert run["nodes"][0]["result"] == {"attempt": 3}
+
+
+def test_events_show_progress_in_order(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(tmp_path, {"nodes": [{"id": "p", "agent": "progress", "input": {"steps": 3}}]})
+    run = hivegrid("submit", path, "--wait", "--json").json()
+    events = hivegrid("events", run["run_id"], "--json")
+    assert events.code == 0
+    lines = [json.loads(line) for line in events.out.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    assert lines[0]["kind"] == "run_submitted"
+    assert lines[-1] == {**lines[-1], "kind": "run_ended", "run_ended": {"state": "succeeded"}}
+    progress = [e["progress"]["data"] for e in lines if e["kind"] == "progress"]
+    assert progress == [{"step": 1}, {"step": 2}, {"step": 3}]
+
+    later = hivegrid("events", run["run_id"], "--json", "--from", "3")
+    assert [json.loads(x)["seq"] for x in later.out.splitlines()] == [e["seq"] for e in lines[2:]]
+
+    text = hivegrid("events", run["run_id"])
+    assert text.code == 0
+    assert "#1 " in text.out and 'p progress: {"step":2}' in text.out
+    assert "run ended: succeeded" in text.out.splitlines()[-1]
+
+
+def test_cancel_ends_a_watched_run(cluster: Cluster, hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(tmp_path, {"nodes": [{"id": "s", "agent": "sleep", "input": {"seconds": 30}}]})
+    run_id = hivegrid("submit", path).out.strip()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "coordinator", "watch", run_id, "--coordinator", cluster.address],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        # The first line is the snapshot; the watch follows from there on.
+        _read_line_matching(watch.stdout, f"run {run_id}", timeout=20)
+        cancelled = hivegrid("cancel", run_id)
+        assert cancelled.code == 0, cancelled.err
+        assert cancelled.out.startswith(f"run {run_id}: ")
+        out, err = watch.communicate(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(timeout=5)
+    assert watch.returncode == 1, err
+    assert "run cancelled" in out
+    assert f"run {run_id}: cancelled" in out
+    assert "Traceback" not in err
+    status = hivegrid("status", run_id, "--json").json()
+    assert status["state"] == "cancelled"
+    assert status["nodes"][0]["state"] == "cancelled"
+
+
+def test_watch_of_an_ended_run_returns_at_once(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]})
+    run_id = hivegrid("submit", path, "--wait", "--json").json()["run_id"]
+    result = hivegrid("watch", run_id)
+    assert result.code == 0
+    assert f"run {run_id}: succeeded" in result.out
+
+
+def test_workers_lists_the_conformance_worker(hivegrid: Any) -> None:
+    result = hivegrid("workers")
+    assert result.code == 0
+    assert "cli-e2e" in result.out and "python 0.1.0" in result.out
+    workers = hivegrid("workers", "--json").json()
+    mine = next(w for w in workers if w["worker_name"] == "cli-e2e")
+    assert {"echo", "sum", "sleep", "fail"} <= set(mine["agents"])
+    assert mine["slots"] == 4 and not mine["draining"]
+
+
+def test_drain_stops_a_worker(cluster: Cluster, hivegrid: Any) -> None:
+    proc = _start_worker(cluster.address, "drain-me")
+    try:
+        result = hivegrid("drain", "drain-me")
+        assert result.code == 0, result.err
+        assert "draining 1 session" in result.out
+        assert proc.wait(timeout=20) == 0
+    finally:
+        _stop(proc)
+
+
+def test_unknown_run_and_worker_are_errors(hivegrid: Any) -> None:
+    for argv in (("status", "no-such-run"), ("cancel", "no-such-run"), ("drain", "nobody")):
+        result = hivegrid(*argv)
+        assert result.code == 1, argv
+        assert result.err.startswith("hivegrid: ") and result.err.count("\n") == 1
+
+
+def test_graph_refused_by_the_server_exits_2(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(
+        tmp_path,
+        {
+            "limits": {"max_nodes": 1},
+            "nodes": [{"id": "a", "agent": "echo"}, {"id": "b", "agent": "echo"}],
+        },
+    )
+    result = hivegrid("submit", path)
+    assert result.code == 2
+    assert result.err.startswith("hivegrid: the coordinator refused the graph: ")
+    assert result.out == ""
+
+
+def test_cycle_refused_by_the_server(hivegrid: Any, tmp_path: Path) -> None:
+    path = _graph(
+        tmp_path,
+        {
+            "nodes": [
+                {"id": "a", "agent": "echo", "depends_on": ["b"]},
+                {"id": "b", "agent": "echo", "depends_on": ["a"]},
+            ]
+        },
+    )
+    result = hivegrid("submit", path)
+    assert result.code == 2
+    assert "cycle" in result.err.lower()
+
+
+def test_bad_file_exits_2_before_connecting(hivegrid: Any, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("nodes:\n  - id: b\n    agent: echo\n    dependson: [a]\n")
+    result = hivegrid("submit", str(path), "--coordinator", "127.0.0.1:1")
+    assert result.code == 2
+    assert result.err == (
+        f'hivegrid: {path}: node "b": unknown field "dependson" (did you mean "depends_on"?)\n'
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_coordinator_exits_3(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    graph = _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]})
+    for argv in (["submit", graph, "--wait"], ["runs"], ["status", "r"], ["workers"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "coordinator", *argv, "--coordinator", address],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert proc.returncode == 3, (argv, proc.stderr)
+        assert proc.stderr.startswith(f"hivegrid: cannot reach the coordinator at {address}: ")
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(30)
+def test_env_address_is_used(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HIVEGRID_COORDINATOR", address)
+    assert cli.main(["runs"]) == 3
+    assert f"cannot reach the coordinator at {address}" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["submit"],
+        ["events", "r", "--from", "x"],
+        ["coordinator", "--listen", "nonsense"],
+        ["coordinator", "--heartbeat-interval", "5", "--session-timeout", "2"],
+        ["worker", "not-a-target"],
+        ["worker", "no_such_module_xyz:w"],
+        ["worker", "json:dumps"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's own errors leave through SystemExit
+        code = int(exc.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "hivegrid" in err and "Traceback" not in err
