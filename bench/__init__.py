@@ -1,0 +1,1 @@
+"""Hivegrid's benchmark suite (BENCHMARKS.md): `python -m bench [--quick]`."""
