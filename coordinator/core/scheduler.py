@@ -462,28 +462,40 @@ class Core:
     # --- dispatch ------------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Gives ready nodes to sessions with free slots (never past a session's slots)."""
-        if not self._queued or not self._hungry:
-            return
-        queues = self._queues
-        for session_id in list(self._hungry):
-            session = self.sessions[session_id]
-            free = session.slots - len(session.in_flight)
-            for key in session.queue_keys:
-                heap = queues[key]
-                while free and heap:
-                    _, _, token, node = heapq.heappop(heap)
-                    self._queued -= 1
-                    if node.queued != token or node.state is not NodeState.READY:
-                        continue
-                    self._start(node, session)
-                    free -= 1
-                if not free:
-                    break
-            if not free:
-                self._hungry.discard(session_id)
-            if not self._queued:
+        """Gives ready nodes to sessions with free slots, never past a session's slots. Work is
+        shared out in rounds, so that ready nodes spread over every hungry session instead of
+        filling the first one."""
+        while self._queued and self._hungry:
+            hungry = list(self._hungry)
+            share = max(1, self._queued // len(hungry))
+            progressed = False
+            for session_id in hungry:
+                session = self.sessions[session_id]
+                free = session.slots - len(session.in_flight)
+                got = self._fill(session, min(free, share))
+                progressed = progressed or got > 0
+                if got == free:
+                    self._hungry.discard(session_id)
+                if not self._queued:
+                    return
+            if not progressed:
                 return
+
+    def _fill(self, session: Session, want: int) -> int:
+        got = 0
+        queues = self._queues
+        for key in session.queue_keys:
+            heap = queues[key]
+            while got < want and heap:
+                _, _, token, node = heapq.heappop(heap)
+                self._queued -= 1
+                if node.queued != token or node.state is not NodeState.READY:
+                    continue
+                self._start(node, session)
+                got += 1
+            if got == want:
+                break
+        return got
 
     def replay_dispatch(self, run_id: str, node_id: str, attempt: int, lease: int) -> None:
         """Re-applies a logged dispatch during replay (no session exists any more)."""
