@@ -24,15 +24,6 @@ from .harness import (
 )
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--sdk",
-        default=None,
-        help=f"comma-separated SDKs for the conformance suite (default: ${SDK_ENV} or "
-        f"{DEFAULT_SDKS})",
-    )
-
-
 def selected_sdks(config: pytest.Config) -> list[str]:
     raw = None
     try:
