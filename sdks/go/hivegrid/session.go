@@ -150,6 +150,10 @@ func (rt *runtime) serve(ctx, sctx context.Context, stream pb.WorkerService_Conn
 	defer heartbeatTimer.Stop()
 	deadTimer := time.NewTimer(sessionTimeout)
 	defer deadTimer.Stop()
+	lingerTimer := time.NewTimer(time.Hour)
+	lingerTimer.Stop()
+	defer lingerTimer.Stop()
+	lingering, lingered := false, false
 	done := ctx.Done()
 	if rt.draining {
 		done = nil
@@ -165,7 +169,16 @@ func (rt *runtime) serve(ctx, sctx context.Context, stream pb.WorkerService_Conn
 				// Progress before results: an attempt's progress was queued before its result.
 				if m := rt.nextProgress(lim); m != nil {
 					send(m)
+				} else if rt.hasUnsentResults() && len(rt.running) > 0 && !lingered {
+					// Agents of the same batch tend to finish together: wait a moment for them
+					// so that one message carries their results (a message costs far more than
+					// an item in it).
+					if !lingering {
+						lingering = true
+						lingerTimer.Reset(resultLinger)
+					}
 				} else if m := rt.nextResults(lim); m != nil {
+					lingered = false
 					send(m)
 				} else if drainSent && rt.idle() && len(rt.progress) == 0 {
 					halfClosed = true
@@ -198,6 +211,8 @@ func (rt *runtime) serve(ctx, sctx context.Context, stream pb.WorkerService_Conn
 			heartbeatTimer.Reset(heartbeat)
 		case <-rt.wake:
 			rt.takeInbox()
+		case <-lingerTimer.C:
+			lingering, lingered = false, true
 		case <-heartbeatTimer.C:
 			if !writing && !halfClosed {
 				send(&pb.ConnectRequest{Msg: &pb.ConnectRequest_Heartbeat{Heartbeat: &pb.Heartbeat{}}})
