@@ -165,3 +165,45 @@ def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
     assert from_snapshot.run.last_seq == from_log.run.last_seq
     assert {n.id for n in from_log.nodes} == {n.id for n in live.nodes}
     assert "late" in {n.id for n in live.nodes}
+
+
+def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/hg.db"
+
+    async def before() -> tuple[str, list[rpb.RunEvent]]:
+        async with Coordinator(store_url=url) as c:
+            client = Client(c.address)
+            w = await RawWorker(c.address, slots=1).connect()
+            run_id = await client.submit(node("a"), node("b", deps=["a"]), node("c", deps=["b"]))
+            (a,) = await w.take()
+            w.answer(a)
+            await w.ack()
+            seen: list[rpb.RunEvent] = []
+            async for r in client.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id)):
+                seen.extend(r.events)
+                if any(e.HasField("attempt_finished") for e in seen):
+                    break
+            await w.drop()
+            await client.close()
+            return run_id, seen
+
+    run_id, seen = asyncio.run(before())
+
+    async def after() -> tuple[list[rpb.RunEvent], list[rpb.RunEvent]]:
+        async with Coordinator(store_url=url) as c:
+            client = Client(c.address)
+            w = await RawWorker(c.address, slots=1).connect()
+            resumed = asyncio.create_task(client.events(run_id, from_seq=seen[-1].seq + 1))
+            for _ in range(2):
+                (x,) = await w.take()
+                w.answer(x)
+            rest = await asyncio.wait_for(resumed, 10)
+            full = await client.events(run_id)
+            await w.close()
+            await client.close()
+            return rest, full
+
+    rest, full = asyncio.run(after())
+    assert [e.seq for e in seen + rest] == [e.seq for e in full]
+    assert [e.SerializeToString() for e in seen + rest] == [e.SerializeToString() for e in full]
+    assert full[-1].run_ended.state == gpb.RUN_STATE_SUCCEEDED
