@@ -16,8 +16,10 @@ live), so the state after replay is the state before the crash.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -69,6 +71,39 @@ class RestoredNode(NamedTuple):
     depth: int
     not_before: float
     open: bool
+
+
+class ReadyQueue:
+    """Ready nodes of one (agent, labels) key: highest priority first, FIFO within a priority.
+    A FIFO lane per priority makes push and pop O(1) for the usual single priority (a heap cost
+    a third of a 100,000-node submission). Entries are dropped lazily: a popped entry whose token
+    is no longer the node's is stale."""
+
+    __slots__ = ("lanes", "priorities", "size")
+
+    def __init__(self) -> None:
+        self.lanes: dict[int, deque[tuple[int, Node]]] = {}
+        # Priorities with a lane, highest first.
+        self.priorities: list[int] = []
+        self.size = 0
+
+    def push(self, priority: int, token: int, node: Node) -> None:
+        lane = self.lanes.get(priority)
+        if lane is None:
+            lane = self.lanes[priority] = deque()
+            bisect.insort(self.priorities, priority, key=lambda p: -p)
+        lane.append((token, node))
+        self.size += 1
+
+    def pop(self) -> tuple[int, Node]:
+        while True:
+            top = self.priorities[0]
+            lane = self.lanes[top]
+            if lane:
+                self.size -= 1
+                return lane.popleft()
+            del self.lanes[top]
+            self.priorities.pop(0)
 
 
 class Session:
@@ -137,7 +172,7 @@ class Core:
         self.default_limits = default_limits or RunLimits()
         # Leases are unique across coordinator restarts: the epoch is bumped at every start.
         self._lease_ids = itertools.count((lease_epoch << 32) + 1)
-        self._queues: dict[QueueKey, list[tuple[int, int, int, Node]]] = {}
+        self._queues: dict[QueueKey, ReadyQueue] = {}
         self._queued = 0
         self._order = itertools.count(1)
         self._timers: list[tuple[float, int, str, Node, int]] = []
@@ -485,9 +520,9 @@ class Core:
         got = 0
         queues = self._queues
         for key in session.queue_keys:
-            heap = queues[key]
-            while got < want and heap:
-                _, _, token, node = heapq.heappop(heap)
+            queue = queues[key]
+            while got < want and queue.size:
+                token, node = queue.pop()
                 self._queued -= 1
                 if node.queued != token or node.state is not NodeState.READY:
                     continue
@@ -571,14 +606,14 @@ class Core:
     def _enqueue(self, node: Node) -> None:
         spec = node.spec
         key = (spec.agent, spec.labels)
-        heap = self._queues.get(key)
-        if heap is None:
-            heap = self._queues[key] = []
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ReadyQueue()
             for session in self.sessions.values():
                 if session.matches(key):
                     session.queue_keys.append(key)
         node.queued = token = next(self._order)
-        heapq.heappush(heap, (-spec.priority, token, token, node))
+        queue.push(spec.priority, token, node)
         self._queued += 1
 
     def _requeue(self, node: Node) -> None:
