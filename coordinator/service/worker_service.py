@@ -77,8 +77,19 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         reader = asyncio.create_task(self._read(request_iterator, link))
         reason = "stream closed"
+        heartbeat = runtime.heartbeat_interval_s
+        loop = asyncio.get_running_loop()
+        # One timer per stream wakes the writer often enough to heartbeat; waiting on the wake
+        # event alone (no wait_for) costs no task per message.
+        ticker: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal ticker
+            link.wake.set()
+            ticker = loop.call_later(heartbeat / 2, tick)
+
+        ticker = loop.call_later(heartbeat / 2, tick)
         try:
-            heartbeat = runtime.heartbeat_interval_s
             last_sent = time.monotonic()
             while True:
                 messages = link.take_messages()
@@ -90,15 +101,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if link.closed:
                     reason = link.closed
                     break
-                link.wake.clear()
-                wait = heartbeat - (time.monotonic() - last_sent)
-                if wait <= 0:
+                if time.monotonic() - last_sent >= heartbeat:
                     yield _HEARTBEAT
                     last_sent = time.monotonic()
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(link.wake.wait(), wait)
+                # Invariant: nothing runs between take_messages() above and this clear(), so
+                # a wake-up cannot be lost.
+                link.wake.clear()
+                await link.wake.wait()
         finally:
+            if ticker is not None:
+                ticker.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
