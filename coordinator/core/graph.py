@@ -181,7 +181,7 @@ class Run:
         node.queued = 0
 
     def transition(self, node: Node, new: NodeState) -> None:
-        self._set(node, new)
+        self.set_state(node, new)
         if new is NodeState.SUCCEEDED:
             self._resolve_dependents(node)
         elif new in TERMINAL:
@@ -189,7 +189,10 @@ class Run:
         elif new is NodeState.READY:
             self.on_ready(node)
 
-    def _set(self, node: Node, new: NodeState) -> None:
+    def set_state(self, node: Node, new: NodeState) -> None:
+        """The table-checked state change alone, without what `transition` sets off (readiness
+        of dependents, failure propagation, queueing): for callers that handle those
+        themselves, such as a prune that cancels a whole downstream set at once."""
         old = node.state
         if (old, new) not in TRANSITIONS:
             raise AssertionError(f"illegal transition of {node.id}: {old.name} -> {new.name}")
@@ -267,7 +270,7 @@ class Run:
     def _mark_skipped(self, node: Node) -> None:
         node.queued = 0
         node.error = SKIPPED_ERROR
-        self._set(node, NodeState.SKIPPED)
+        self.set_state(node, NodeState.SKIPPED)
 
     # --- jitter --------------------------------------------------------------------------
 

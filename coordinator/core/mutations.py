@@ -363,7 +363,7 @@ def _prune(view: _View) -> list[Node]:
         node.queued = 0
         node.error = PRUNED_ERROR
         # The whole downstream set is cancelled here, so no failure propagation is needed.
-        run._set(node, NodeState.CANCELLED)
+        run.set_state(node, NodeState.CANCELLED)
     return running
 
 

@@ -286,7 +286,7 @@ class Core:
                 self._cancel_on_worker(node, "run_cancelled")
             node.queued = 0
             node.error = CANCELLED_ERROR
-            run._set(node, NodeState.CANCELLED)
+            run.set_state(node, NodeState.CANCELLED)
         self._settle(run, "cancelled", payload)
         return run.state
 
@@ -415,7 +415,7 @@ class Core:
                         self._hungry.add(old.id)
             elif node.state is NodeState.READY:
                 node.queued = 0
-                node.run._set(node, NodeState.RUNNING)
+                node.run.set_state(node, NodeState.RUNNING)
             else:
                 continue
             node.session_id = session_id
@@ -538,7 +538,7 @@ class Core:
         node.attempt, node.lease, node.session_id, node.open = attempt, lease, "", True
         node.queued = 0
         if node.state is NodeState.READY:
-            node.run._set(node, NodeState.RUNNING)
+            node.run.set_state(node, NodeState.RUNNING)
         node.run.transitions.clear()
 
     def expire_all_leases(self, *, reason: str, now: float) -> None:

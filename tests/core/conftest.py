@@ -348,12 +348,12 @@ def drv() -> Driver:
 def seen_transitions(monkeypatch: pytest.MonkeyPatch) -> list[tuple[NodeState, NodeState]]:
     """Every (old, new) state change the graph makes while the test runs."""
     seen: list[tuple[NodeState, NodeState]] = []
-    original = graph_module.Run._set
+    original = graph_module.Run.set_state
 
     def spy(self: Any, node: Any, new: NodeState) -> None:
         old = node.state
         original(self, node, new)
         seen.append((old, new))
 
-    monkeypatch.setattr(graph_module.Run, "_set", spy)
+    monkeypatch.setattr(graph_module.Run, "set_state", spy)
     return seen
