@@ -1,6 +1,6 @@
 """A minimal worker that speaks the protocol by hand (docs/protocol.md), for two uses:
 
-- the protocol's ceiling: agents run inline, every result of an Assignments message goes back
+- the protocol's ceiling: agents run inline, every result of a Push message goes back
   in one Results message, so it measures the coordinator with as little worker overhead as a
   worker can have;
 - a fallback when the Python SDK (`worker/`) is not importable.
@@ -85,7 +85,7 @@ class RawStream:
             worker_name=self.name,
             language="python",
             sdk_version="bench-raw",
-            protocol_version=1,
+            protocol_version=2,
             agents=list(agents.AGENTS),
             slots=self.slots,
             held=[r.ref for r in self.unacked.values()],
@@ -130,16 +130,15 @@ class RawStream:
     def _handle(
         self, msg: wpb.ConnectResponse, out: asyncio.Queue[wpb.ConnectRequest | None]
     ) -> None:
-        kind = msg.WhichOneof("msg")
-        if kind == "assignments":
-            results = [run_assignment(a) for a in msg.assignments.items]
-            for r in results:
-                self.unacked[_key(r.ref)] = r
-            for i in range(0, len(results), 256):
-                out.put_nowait(wpb.ConnectRequest(results=wpb.Results(items=results[i : i + 256])))
-        elif kind == "acks":
-            for ack in msg.acks.items:
-                self.unacked.pop(_key(ack.ref), None)
-        elif kind == "cancels":
-            # Agents run inline and finish at once: the real result was already sent.
-            pass
+        if msg.WhichOneof("msg") != "push":
+            return
+        push = msg.push
+        for ack in push.acks:
+            self.unacked.pop(_key(ack.ref), None)
+        # Cancels need nothing: agents run inline and finish at once, so the real result was
+        # already sent.
+        results = [run_assignment(a) for a in push.assignments]
+        for r in results:
+            self.unacked[_key(r.ref)] = r
+        for i in range(0, len(results), 256):
+            out.put_nowait(wpb.ConnectRequest(results=wpb.Results(items=results[i : i + 256])))

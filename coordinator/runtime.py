@@ -25,13 +25,24 @@ from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
 
 from . import convert, snapshot
-from .core import AckStatus, Core, GraphError, NodeState, Outcome, Record, RunLimits, RunState
+from .core import (
+    AckStatus,
+    Assignment,
+    CancelOrder,
+    Core,
+    GraphError,
+    NodeState,
+    Outcome,
+    Record,
+    RunLimits,
+    RunState,
+)
 from .journal import Journal
 from .store import Store, StoreError
 
 log = logging.getLogger("hivegrid.runtime")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_BATCH = 512
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ASSIGN_CHUNK = 256
@@ -78,19 +89,19 @@ class Link:
         self.wake = asyncio.Event()
 
     def take_messages(self) -> list[wpb.ConnectResponse]:
+        """What is queued for the worker, as few messages as the batch limit allows: acks,
+        cancels and the first assignments share one Push, so that one write carries them."""
         out: list[wpb.ConnectResponse] = []
-        if self.acks:
-            out.append(wpb.ConnectResponse(acks=wpb.Acks(items=self.acks)))
-            self.acks = []
-        if self.cancels:
-            out.append(wpb.ConnectResponse(cancels=wpb.Cancels(items=self.cancels)))
-            self.cancels = []
-        items = self.assignments
-        if items:
-            self.assignments = []
-            for i in range(0, len(items), _ASSIGN_CHUNK):
+        acks, cancels, items = self.acks, self.cancels, self.assignments
+        if acks or cancels or items:
+            self.acks, self.cancels, self.assignments = [], [], []
+            first = items[:_ASSIGN_CHUNK] if len(items) > _ASSIGN_CHUNK else items
+            out.append(
+                wpb.ConnectResponse(push=wpb.Push(acks=acks, cancels=cancels, assignments=first))
+            )
+            for i in range(_ASSIGN_CHUNK, len(items), _ASSIGN_CHUNK):
                 chunk = items[i : i + _ASSIGN_CHUNK]
-                out.append(wpb.ConnectResponse(assignments=wpb.Assignments(items=chunk)))
+                out.append(wpb.ConnectResponse(push=wpb.Push(assignments=chunk)))
         if self.drain_requested:
             self.drain_requested = False
             out.append(wpb.ConnectResponse(drain_request=wpb.DrainRequest()))
@@ -431,11 +442,20 @@ class Runtime:
                 self.take_snapshot()
             # Always: a watcher may subscribe between this append and its commit.
             self.journal.after_commit(lambda: self._publish(events))
+        if assignments or cancels:
+            if records:
+                # Work goes out once the events that started it are durable, together with the
+                # acks of the same commit: one write per worker carries both, and a worker never
+                # holds an assignment the log does not know. If the log cannot be written,
+                # nothing more is started: after a restart, the coordinator carries on from what
+                # was durable.
+                self.journal.after_commit(lambda: self._deliver(assignments, cancels))
+            else:
+                self._deliver(assignments, cancels)
+        self._arm_timer()
+
+    def _deliver(self, assignments: list[Assignment], cancels: list[CancelOrder]) -> None:
         links = self.links
-        if self.journal.error is not None:
-            # Nothing more is started on a log that cannot be written: after a restart, the
-            # coordinator carries on from what was durable.
-            assignments = []
         for a in assignments:
             link = links.get(a.session_id)
             if link is not None:
@@ -453,7 +473,6 @@ class Runtime:
                     )
                 )
                 link.wake.set()
-        self._arm_timer()
 
     def take_snapshot(self) -> None:
         self._since_snapshot = 0

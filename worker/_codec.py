@@ -15,7 +15,7 @@ from typing import Any
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import worker_pb2 as wpb
 
-# (run_id, node_id, attempt, lease): how the worker recognises an assignment in Acks and Cancels.
+# (run_id, node_id, attempt, lease): how the worker recognises an assignment in acks and cancels.
 RefKey = tuple[str, str, int, int]
 
 # Field tags (field number << 3 | wire type).

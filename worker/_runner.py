@@ -40,7 +40,7 @@ from ._errors import CoordinatorRefusedError, NonRetryableError
 
 log = logging.getLogger("hivegrid.worker")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SDK_VERSION = "0.1.0"
 _CONNECT = "/hivegrid.v1.WorkerService/Connect"
 _CHANNEL_OPTIONS = [
@@ -222,17 +222,17 @@ class Runner:
         while (msg := await read()) is not eof:
             self._last_received = loop.time()
             kind = msg.WhichOneof("msg")
-            if kind == "assignments":
-                if self._write_closed:
-                    # We half-closed: we could not answer. The coordinator re-queues it.
-                    continue
-                start = self._start
-                for item in msg.assignments.items:
-                    start(item)
-            elif kind == "acks":
-                self._on_acks(msg.acks.items)
-            elif kind == "cancels":
-                self._on_cancels(msg.cancels.items)
+            if kind == "push":
+                push = msg.push
+                if push.acks:
+                    self._on_acks(push.acks)
+                if push.cancels:
+                    self._on_cancels(push.cancels)
+                # Once we half-closed we could not answer: the coordinator re-queues those.
+                if push.assignments and not self._write_closed:
+                    start = self._start
+                    for item in push.assignments:
+                        start(item)
             elif kind == "drain_request":
                 log.info("hivegrid worker %s: the coordinator asked it to drain", self._name)
                 self.request_drain()

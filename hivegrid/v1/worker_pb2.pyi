@@ -125,20 +125,16 @@ class ConnectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WELCOME_FIELD_NUMBER: _builtins.int
-    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
-    ACKS_FIELD_NUMBER: _builtins.int
-    CANCELS_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     DRAIN_REQUEST_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
-    def assignments(self) -> Global___Assignments: ...
-    @_builtins.property
-    def acks(self) -> Global___Acks: ...
-    @_builtins.property
-    def cancels(self) -> Global___Cancels: ...
+    def push(self) -> Global___Push:
+        """Assignments, acks and cancels travel together: one write carries them all."""
+
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
@@ -153,18 +149,16 @@ class ConnectResponse(_message.Message):
         self,
         *,
         welcome: Global___Welcome | None = ...,
-        assignments: Global___Assignments | None = ...,
-        acks: Global___Acks | None = ...,
-        cancels: Global___Cancels | None = ...,
+        push: Global___Push | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         drain_request: Global___DrainRequest | None = ...,
         refusal: Global___Refusal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "cancels", b"cancels", "drain_request", b"drain_request", "heartbeat", b"heartbeat", "msg", b"msg", "refusal", b"refusal", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_request", b"drain_request", "heartbeat", b"heartbeat", "msg", b"msg", "push", b"push", "refusal", b"refusal", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "cancels", b"cancels", "drain_request", b"drain_request", "heartbeat", b"heartbeat", "msg", b"msg", "refusal", b"refusal", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_request", b"drain_request", "heartbeat", b"heartbeat", "msg", b"msg", "push", b"push", "refusal", b"refusal", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "assignments", "acks", "cancels", "heartbeat", "drain_request", "refusal"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["welcome", "push", "heartbeat", "drain_request", "refusal"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -210,7 +204,7 @@ class Hello(_message.Message):
     """"python", "go", "typescript", ..."""
     sdk_version: _builtins.str
     protocol_version: _builtins.int
-    """The protocol version the worker speaks. This document describes version 1."""
+    """The protocol version the worker speaks. This document describes version 2."""
     slots: _builtins.int
     """How many assignments the worker runs at once: the coordinator never has more than this
     many unanswered assignments on the session.
@@ -434,26 +428,6 @@ class Assignment(_message.Message):
 Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
 
 @_typing.final
-class Assignments(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ITEMS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
-    def __init__(
-        self,
-        *,
-        items: _abc.Iterable[Global___Assignment] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
-
-@_typing.final
 class Result(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -585,26 +559,6 @@ class Ack(_message.Message):
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
 
 @_typing.final
-class Acks(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ITEMS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ack]: ...
-    def __init__(
-        self,
-        *,
-        items: _abc.Iterable[Global___Ack] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Acks: _TypeAlias = Acks  # noqa: Y015
-
-@_typing.final
 class Cancel(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -629,24 +583,37 @@ class Cancel(_message.Message):
 Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 
 @_typing.final
-class Cancels(_message.Message):
+class Push(_message.Message):
+    """Everything the coordinator has for a worker at the moment it writes. A worker handles the
+    acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
+    Push never holds more than Welcome.max_batch assignments.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    ITEMS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
+    CANCELS_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cancel]: ...
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ack]: ...
+    @_builtins.property
+    def cancels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cancel]: ...
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___Cancel] | None = ...,
+        acks: _abc.Iterable[Global___Ack] | None = ...,
+        cancels: _abc.Iterable[Global___Cancel] | None = ...,
+        assignments: _abc.Iterable[Global___Assignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "assignments", b"assignments", "cancels", b"cancels"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Cancels: _TypeAlias = Cancels  # noqa: Y015
+Global___Push: _TypeAlias = Push  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):

@@ -632,7 +632,7 @@ class RawWorker:
             worker_name=name,
             language="python",
             sdk_version="0.0.0-test",
-            protocol_version=1,
+            protocol_version=2,
             agents=list(agents),
             slots=slots,
             held=list(held),
@@ -667,15 +667,13 @@ class RawWorker:
                         self.welcome.put(msg.welcome)
                     elif kind == "refusal":
                         self.welcome.put(msg.refusal)
-                    elif kind == "assignments":
-                        for a in msg.assignments.items:
-                            self.assignments.put(a)
-                    elif kind == "acks":
-                        for ack in msg.acks.items:
+                    elif kind == "push":
+                        for ack in msg.push.acks:
                             self.acks.put(ack)
-                    elif kind == "cancels":
-                        for c in msg.cancels.items:
+                        for c in msg.push.cancels:
                             self.cancels.put(c)
+                        for a in msg.push.assignments:
+                            self.assignments.put(a)
                     elif kind == "heartbeat":
                         self.send(wpb.ConnectRequest(heartbeat=wpb.Heartbeat()))
             except grpc.RpcError as exc:

@@ -31,7 +31,7 @@ class RawWorker:
         slots: int = 4,
         name: str = "raw",
         held: Sequence[wpb.AssignmentRef] = (),
-        version: int = 1,
+        version: int = 2,
     ) -> None:
         self.channel = grpc.aio.insecure_channel(address)
         self.hello = wpb.Hello(
@@ -78,15 +78,13 @@ class RawWorker:
                     elif kind == "refusal":
                         self.refusal = msg.refusal
                         got.set()
-                    elif kind == "assignments":
-                        for a in msg.assignments.items:
-                            self.assignments.put_nowait(a)
-                    elif kind == "acks":
-                        for a in msg.acks.items:
-                            self.acks.put_nowait(a)
-                    elif kind == "cancels":
-                        for c in msg.cancels.items:
+                    elif kind == "push":
+                        for ack in msg.push.acks:
+                            self.acks.put_nowait(ack)
+                        for c in msg.push.cancels:
                             self.cancels.put_nowait(c)
+                        for a in msg.push.assignments:
+                            self.assignments.put_nowait(a)
             except grpc.aio.AioRpcError as exc:
                 self.status = exc.code()
             finally:

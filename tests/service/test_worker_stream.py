@@ -17,7 +17,7 @@ from hivegrid.v1 import worker_pb2 as wpb
 from .harness import WAIT, Client, RawWorker, node, states
 
 BAD_HELLOS = {
-    "wrong version": (dict(version=2), "protocol version 2 is not supported"),
+    "wrong version": (dict(version=1), "protocol version 1 is not supported"),
     "no agents": (dict(agents=()), "at least one agent"),
     "no slots": (dict(slots=0), "slots must be at least 1"),
 }
@@ -55,7 +55,7 @@ def test_welcome_announces_timing_and_limits() -> None:
         async with Coordinator(heartbeat_interval_s=0.5, session_timeout_s=2.0) as c:
             w = await RawWorker(c.address).connect()
             assert w.welcome is not None
-            assert w.welcome.protocol_version == 1
+            assert w.welcome.protocol_version == 2
             assert w.welcome.heartbeat_interval_s == 0.5
             assert w.welcome.session_timeout_s == 2.0
             assert w.welcome.max_batch > 0 and w.welcome.max_message_bytes > 0

@@ -79,18 +79,16 @@ class FakeSession:
         self.outgoing.put_nowait(msg)
 
     def assign(self, *items: wpb.Assignment) -> None:
-        self.send(wpb.ConnectResponse(assignments=wpb.Assignments(items=list(items))))
+        self.send(wpb.ConnectResponse(push=wpb.Push(assignments=list(items))))
 
     def ack(
         self, refs: Iterable[wpb.AssignmentRef], status: int = wpb.ACK_STATUS_COMMITTED
     ) -> None:
         acks = [wpb.Ack(ref=r, status=status) for r in refs]  # type: ignore[arg-type]
-        self.send(wpb.ConnectResponse(acks=wpb.Acks(items=acks)))
+        self.send(wpb.ConnectResponse(push=wpb.Push(acks=acks)))
 
     def cancel(self, ref: wpb.AssignmentRef, reason: str = "run_cancelled") -> None:
-        self.send(
-            wpb.ConnectResponse(cancels=wpb.Cancels(items=[wpb.Cancel(ref=ref, reason=reason)]))
-        )
+        self.send(wpb.ConnectResponse(push=wpb.Push(cancels=[wpb.Cancel(ref=ref, reason=reason)])))
 
     def request_drain(self) -> None:
         self.send(wpb.ConnectResponse(drain_request=wpb.DrainRequest()))
@@ -112,7 +110,7 @@ class FakeCoordinator(worker_pb2_grpc.WorkerServiceServicer):
         auto_ack: bool = False,
     ) -> None:
         self.welcome = wpb.Welcome(
-            protocol_version=1,
+            protocol_version=2,
             heartbeat_interval_s=heartbeat_interval_s,
             session_timeout_s=session_timeout_s,
             max_message_bytes=max_message_bytes,

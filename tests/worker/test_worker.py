@@ -67,7 +67,7 @@ def test_handshake(with_fake: Run, caplog: pytest.LogCaptureFixture) -> None:
         assert hello.worker_name == "hs"
         assert hello.language == "python"
         assert hello.sdk_version == "0.1.0"
-        assert hello.protocol_version == 1
+        assert hello.protocol_version == 2
         assert list(hello.agents) == ["a", "b"]
         assert dict(hello.labels) == {"gpu": "a100"}
         assert hello.slots == 3
@@ -406,6 +406,49 @@ def test_reconnect_holds_and_resends_unacked(with_fake: Run) -> None:
             w.drain()
             await finished(task)
         assert started == ["slow"], "the running agent kept running across the reconnect"
+
+    with_fake(body)
+
+
+def test_one_push_carries_an_ack_a_cancel_and_an_assignment(with_fake: Run) -> None:
+    w, _, started = gated_worker(slots=2)
+
+    @w.agent("quick")
+    async def quick(ctx: Context) -> object:
+        return {"quick": ctx.node_id}
+
+    done = assignment("done", "quick")
+    blocked = assignment("blocked", "block")
+    fresh = assignment("fresh", "quick")
+
+    async def body(fake: FakeCoordinator) -> None:
+        async with serving(w, fake) as task:
+            first = await fake.session(0)
+            first.assign(done, blocked)
+            await first.wait_results(1)
+            await fake.wait_until(lambda: started == ["blocked"])
+            first.send(
+                wpb.ConnectResponse(
+                    push=wpb.Push(
+                        acks=[wpb.Ack(ref=done.ref, status=wpb.ACK_STATUS_COMMITTED)],
+                        cancels=[wpb.Cancel(ref=blocked.ref, reason="pruned")],
+                        assignments=[fresh],
+                    )
+                )
+            )
+            results = await first.wait_results(3)
+            assert {r.ref.node_id: r.outcome for r in results[1:]} == {
+                "blocked": wpb.OUTCOME_CANCELLED,
+                "fresh": wpb.OUTCOME_SUCCEEDED,
+            }
+            first.kill()
+            second = await fake.session(1)
+            # The ack was seen: only the two unacked results are held and sent again.
+            assert {h.node_id for h in second.hello.held} == {"blocked", "fresh"}
+            resent = await second.wait_results(2)
+            second.ack(r.ref for r in resent)
+            w.drain()
+            await finished(task)
 
     with_fake(body)
 

@@ -13,6 +13,8 @@
 // progress and results to the loop through a mutex-guarded inbox, so an agent never blocks on
 // the network. A single writer goroutine performs stream.Send; while it is busy, results and
 // progress accumulate and go out together in the next message, which is what batches them.
+// The coordinator batches too: each Push it sends carries acks, cancels and new assignments,
+// which the loop applies in that order.
 //
 // Invariant: a result is kept until its Ack arrives. When the stream breaks, the loop
 // reconnects with backoff, lists every running or unacked assignment in Hello.held and sends

@@ -191,7 +191,7 @@ func (rt *runtime) addResult(key refKey, res *pb.Result) {
 	rt.results[key] = &pendingResult{seq: rt.seq, res: res}
 }
 
-// --- stimuli from the coordinator ---
+// --- stimuli from the coordinator: the acks, cancels and assignments of a Push ---
 
 func (rt *runtime) holds(key refKey) bool {
 	if rt.running[key] != nil || rt.results[key] != nil {

@@ -233,12 +233,12 @@ func (rt *runtime) serve(ctx, sctx context.Context, stream pb.WorkerService_Conn
 
 func (rt *runtime) handle(m *pb.ConnectResponse) {
 	switch msg := m.GetMsg().(type) {
-	case *pb.ConnectResponse_Assignments:
-		rt.handleAssignments(msg.Assignments.GetItems())
-	case *pb.ConnectResponse_Cancels:
-		rt.handleCancels(msg.Cancels.GetItems())
-	case *pb.ConnectResponse_Acks:
-		rt.handleAcks(msg.Acks.GetItems())
+	case *pb.ConnectResponse_Push:
+		// The protocol's order: a cancel applies to what was held before this Push, never to
+		// one of its own assignments.
+		rt.handleAcks(msg.Push.GetAcks())
+		rt.handleCancels(msg.Push.GetCancels())
+		rt.handleAssignments(msg.Push.GetAssignments())
 	case *pb.ConnectResponse_DrainRequest:
 		rt.log.Info("hivegrid: coordinator asked this worker to drain")
 		rt.draining = true

@@ -21,7 +21,7 @@ import (
 const SDKVersion = "0.1.0"
 
 // ProtocolVersion is the worker protocol version this SDK speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 const (
 	initialBackoff = 100 * time.Millisecond

@@ -116,7 +116,7 @@ func TestHandshake(t *testing.T) {
 		t.Fatal("first message is not Hello")
 	}
 	if h.GetWorkerName() != "test" || h.GetLanguage() != "go" || h.GetSdkVersion() != "0.1.0" ||
-		h.GetProtocolVersion() != 1 || h.GetSlots() != 3 || h.GetLabels()["gpu"] != "1" ||
+		h.GetProtocolVersion() != 2 || h.GetSlots() != 3 || h.GetLabels()["gpu"] != "1" ||
 		!slices.Equal(h.GetAgents(), []string{"a", "b"}) || len(h.GetHeld()) != 0 {
 		t.Fatalf("unexpected hello: %v", h)
 	}
@@ -194,8 +194,8 @@ func TestUnackedResultsResentInBatchesAfterReconnect(t *testing.T) {
 		s.Assign(fc.Assignment(ref, "gate", "null"))
 		recv(t, g.started)
 		g.open(ref.GetNodeId())
+		s.Results(t, 1) // before the next assignment, so that the finish order is refs' order
 	}
-	s.Results(t, 3)
 	s.Kill()
 
 	s = c.NextSession(t)
@@ -229,8 +229,8 @@ func TestUnackedResultsResentInBatchesAfterReconnect(t *testing.T) {
 	if len(first) != 2 || len(second) != 1 {
 		t.Fatalf("with max_batch 2 got batches of %d and %d", len(first), len(second))
 	}
-	s.Ack(pb.AckStatus_ACK_STATUS_COMMITTED, refs[0], refs[1])
-	s.Ack(pb.AckStatus_ACK_STATUS_STALE, refs[2])
+	s.Push(&pb.Push{Acks: append(fc.Acks(pb.AckStatus_ACK_STATUS_COMMITTED, refs[0], refs[1]),
+		fc.Acks(pb.AckStatus_ACK_STATUS_STALE, refs[2])...)})
 	// A message after the acks proves they were processed: the heartbeat-free way is a
 	// DrainRequest, which makes the worker send Drain and then half-close (nothing held).
 	s.RequestDrain()
@@ -306,13 +306,63 @@ func TestCancelReachesAgent(t *testing.T) {
 		t.Fatalf("answer to cancel: %v", res[0])
 	}
 
-	// An agent that succeeds despite the cancel reports its real result.
+	// An agent that succeeds despite the cancel reports its real result. (Two Pushes: in one,
+	// the cancel would be handled before the assignment and find nothing to cancel.)
 	ref2 := fc.Ref("r", "m", 1, 6)
 	s.Assign(fc.Assignment(ref2, "stubborn", "null"))
 	s.Cancel(ref2)
 	res, _ = s.Results(t, 1)
 	if res[0].GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED || string(res[0].GetResult()) != `"finished anyway"` {
 		t.Fatalf("stubborn agent: %v", res[0])
+	}
+}
+
+// One Push carries an ack, cancels and an assignment. The worker must handle all three lists,
+// in the protocol's order: acks, cancels, then assignments. So the cancel of the Push's own
+// assignment finds nothing to cancel, and that assignment runs to success.
+func TestPushHandlesAcksThenCancelsThenAssignments(t *testing.T) {
+	c := fc.Start(t)
+	g := newGates()
+	startWorker(t, c, map[string]hivegrid.AgentFunc{"gate": g.agent})
+	s := c.NextSession(t)
+	s.Welcome(nil)
+	done, busy, fresh := fc.Ref("r", "done", 1, 1), fc.Ref("r", "busy", 1, 2), fc.Ref("r", "fresh", 1, 3)
+	s.Assign(fc.Assignment(done, "gate", "null"), fc.Assignment(busy, "gate", "null"))
+	recv(t, g.started)
+	recv(t, g.started)
+	g.open("done")
+	if res, _ := s.Results(t, 1); res[0].GetRef().GetNodeId() != "done" {
+		t.Fatalf("unexpected result %v", res[0])
+	}
+
+	s.Push(&pb.Push{
+		Acks:        fc.Acks(pb.AckStatus_ACK_STATUS_COMMITTED, done),
+		Cancels:     fc.Cancels(busy, fresh),
+		Assignments: []*pb.Assignment{fc.Assignment(fresh, "gate", "null")},
+	})
+	if got := recv(t, g.started); got != "fresh" {
+		t.Fatalf("started %s, want fresh", got)
+	}
+	res, _ := s.Results(t, 1)
+	if res[0].GetRef().GetNodeId() != "busy" || res[0].GetOutcome() != pb.Outcome_OUTCOME_CANCELLED {
+		t.Fatalf("answer to the cancel of busy: %v", res[0])
+	}
+	g.open("fresh")
+	if res, _ = s.Results(t, 1); res[0].GetRef().GetNodeId() != "fresh" ||
+		res[0].GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("fresh, cancelled before it was assigned, answered %v", res[0])
+	}
+
+	// The ack was handled: the worker forgot done, and still holds the two unacked results.
+	s.Kill()
+	s = c.NextSession(t)
+	var held []string
+	for _, r := range s.Hello.GetHeld() {
+		held = append(held, r.GetNodeId())
+	}
+	slices.Sort(held)
+	if !slices.Equal(held, []string{"busy", "fresh"}) {
+		t.Fatalf("held %v after the ack of done, want busy and fresh", held)
 	}
 }
 

@@ -29,6 +29,7 @@ import {
   type ConnectRequest,
   type ConnectResponse,
   Outcome,
+  type Push,
   type Welcome,
   WorkerServiceClient,
 } from "./gen/hivegrid/v1/worker";
@@ -37,7 +38,7 @@ import { MutationBuilder } from "./mutations";
 import { type Answer, cancelled, failed, Outbox, refKey } from "./outbox";
 
 export const SDK_VERSION = "0.1.0";
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export interface Logger {
   info(message: string): void;
@@ -306,18 +307,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       case "refusal":
         session.end(`refused: ${msg.refusal.reason}`, msg.refusal.reason);
         break;
-      case "assignments":
-        for (const assignment of msg.assignments.items) this.#onAssignment(assignment);
-        this.#startQueued();
-        break;
-      case "acks":
-        for (const ack of msg.acks.items) this.#onAck(ack);
-        this.#maybeHalfClose();
-        break;
-      case "cancels":
-        for (const cancel of msg.cancels.items) {
-          if (cancel.ref) this.#onCancel(cancel.ref, cancel.reason);
-        }
+      case "push":
+        this.#onPush(msg.push);
         break;
       case "drainRequest":
         this.#log.info("the coordinator asked this worker to drain");
@@ -327,6 +318,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
       case undefined:
         break;
     }
+  }
+
+  // Acks first, then cancels, then assignments, as the protocol orders them.
+  #onPush(push: Push): void {
+    for (const ack of push.acks) this.#onAck(ack);
+    for (const cancel of push.cancels) {
+      if (cancel.ref) this.#onCancel(cancel.ref, cancel.reason);
+    }
+    for (const assignment of push.assignments) this.#onAssignment(assignment);
+    this.#startQueued();
+    this.#maybeHalfClose();
   }
 
   #onWelcome(session: Session, welcome: Welcome): void {

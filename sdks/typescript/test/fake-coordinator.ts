@@ -9,6 +9,7 @@ import {
   type AssignmentRef,
   type ConnectRequest,
   type ConnectResponse,
+  type Push,
   type Welcome,
   WorkerServiceService,
 } from "../src/gen/hivegrid/v1/worker";
@@ -106,7 +107,7 @@ export class FakeSession {
         $case: "welcome",
         welcome: {
           sessionId: "s-test",
-          protocolVersion: 1,
+          protocolVersion: 2,
           heartbeatIntervalS: 0,
           sessionTimeoutS: 0,
           maxMessageBytes: 4 * 1024 * 1024,
@@ -118,17 +119,21 @@ export class FakeSession {
     });
   }
 
-  assign(...items: Assignment[]): void {
-    this.send({ msg: { $case: "assignments", assignments: { items } } });
+  /** One Push: the worker handles its acks, then its cancels, then its assignments. */
+  push({ acks = [], cancels = [], assignments = [] }: Partial<Push>): void {
+    this.send({ msg: { $case: "push", push: { acks, cancels, assignments } } });
+  }
+
+  assign(...assignments: Assignment[]): void {
+    this.push({ assignments });
   }
 
   ack(refs: AssignmentRef[], ackStatus = AckStatus.ACK_STATUS_COMMITTED): void {
-    const items: Ack[] = refs.map((ref) => ({ ref, status: ackStatus, message: "" }));
-    this.send({ msg: { $case: "acks", acks: { items } } });
+    this.push({ acks: refs.map((ref) => ackOf(ref, ackStatus)) });
   }
 
   cancel(ref: AssignmentRef, reason = "run_cancelled"): void {
-    this.send({ msg: { $case: "cancels", cancels: { items: [{ ref, reason }] } } });
+    this.push({ cancels: [{ ref, reason }] });
   }
 
   /** Ends the stream with OK status. */
@@ -183,6 +188,10 @@ export class FakeCoordinator {
     for (const session of this.#all) session.end();
     this.#server.forceShutdown();
   }
+}
+
+export function ackOf(ref: AssignmentRef, status = AckStatus.ACK_STATUS_COMMITTED): Ack {
+  return { ref, status, message: "" };
 }
 
 let leaseCounter = 1n;

@@ -3,7 +3,7 @@ import { EventEmitter, once } from "node:events";
 import { afterEach, describe, test } from "node:test";
 import { AckStatus, Outcome, type Result } from "../src/gen/hivegrid/v1/worker";
 import { CancelledError, decodeJson, type NodeContext, NonRetryableError, RefusedError, Worker } from "../src/index";
-import { assignment, deferred, FakeCoordinator, within } from "./fake-coordinator";
+import { ackOf, assignment, deferred, FakeCoordinator, within } from "./fake-coordinator";
 import { after, closeAll, json, quiet, results, start } from "./harness";
 
 const T = { timeout: 15_000 };
@@ -16,7 +16,7 @@ describe("session", () => {
     assert.equal(hello.workerName, "test-worker");
     assert.equal(hello.language, "typescript");
     assert.equal(hello.sdkVersion, "0.1.0");
-    assert.equal(hello.protocolVersion, 1);
+    assert.equal(hello.protocolVersion, 2);
     assert.deepEqual([...hello.agents].sort(), ["echo", "sum"]);
     assert.deepEqual(hello.labels, { zone: "a" });
     assert.equal(hello.slots, 3);
@@ -230,6 +230,50 @@ describe("assignments", () => {
     const [done] = await results(session, 1);
     assert.deepEqual(done?.ref, first.ref);
     assert.deepEqual(ran, [first.ref!.nodeId]);
+  });
+
+  test("one Push is handled acks first, then cancels, then assignments", T, async () => {
+    const events: string[] = [];
+    const running = deferred();
+    const { session, worker } = await start(
+      {
+        quick: async () => "quick",
+        hang: async (node) => {
+          running.resolve();
+          await new Promise((_, reject) =>
+            node.signal.addEventListener("abort", () => {
+              events.push(`cancel ${node.nodeId}`);
+              reject(node.signal.reason);
+            }),
+          );
+        },
+        next: async (node) => {
+          events.push(`start ${node.nodeId}`);
+          return "next";
+        },
+      },
+      { slots: 1 },
+    );
+    worker.on("ack", (ack) => events.push(`ack ${ack.ref?.nodeId}`));
+    const done = assignment("quick");
+    session.assign(done);
+    const [unacked] = await results(session, 1);
+    assert.deepEqual(unacked?.ref, done.ref);
+    const hung = assignment("hang");
+    session.assign(hung);
+    await within(running.promise, 5000, "agent start");
+    // `hung` holds the only slot until it is cancelled: `fresh` runs only once the cancel is handled.
+    const fresh = assignment("next");
+    session.push({ acks: [ackOf(done.ref!)], cancels: [{ ref: hung.ref, reason: "pruned" }], assignments: [fresh] });
+    const got = await results(session, 2);
+    assert.deepEqual(
+      got.map((r) => [r.ref?.nodeId, r.outcome]),
+      [
+        [hung.ref?.nodeId, Outcome.OUTCOME_CANCELLED],
+        [fresh.ref?.nodeId, Outcome.OUTCOME_SUCCEEDED],
+      ],
+    );
+    assert.deepEqual(events, [`ack ${done.ref?.nodeId}`, `cancel ${hung.ref?.nodeId}`, `start ${fresh.ref?.nodeId}`]);
   });
 
   test("progress arrives in order, before the result", T, async () => {

@@ -1,6 +1,6 @@
 // Package fakecoord is a scripted, in-process coordinator for the SDK's tests: a real gRPC
 // server on loopback whose test drives every session by hand (welcome, assign, ack, cancel,
-// kill) and reads what the worker sent. Every wait has a timeout; nothing sleeps.
+// kill, or any Push) and reads what the worker sent. Every wait has a timeout; nothing sleeps.
 package fakecoord
 
 import (
@@ -109,7 +109,7 @@ func (s *Session) Send(m *pb.ConnectResponse) { s.ops <- op{msg: m} }
 // Hello.held kept, as a coordinator whose leases all survived would answer.
 func (s *Session) Welcome(w *pb.Welcome) {
 	if w == nil {
-		w = &pb.Welcome{SessionId: "s1", ProtocolVersion: 1, HeartbeatIntervalS: 30, SessionTimeoutS: 90,
+		w = &pb.Welcome{SessionId: "s1", ProtocolVersion: 2, HeartbeatIntervalS: 30, SessionTimeoutS: 90,
 			Held: s.Hello.GetHeld()}
 	}
 	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Welcome{Welcome: w}})
@@ -121,28 +121,22 @@ func (s *Session) Refuse(reason string) {
 	s.ops <- op{end: nil}
 }
 
-// Assign sends one Assignments message.
-func (s *Session) Assign(items ...*pb.Assignment) {
-	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Assignments{Assignments: &pb.Assignments{Items: items}}})
+// Push sends p: everything the coordinator has for the worker at once. The worker handles
+// its acks, then its cancels, then its assignments.
+func (s *Session) Push(p *pb.Push) {
+	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Push{Push: p}})
 }
 
-// Ack acks refs with status.
+// Assign sends a Push of assignments only.
+func (s *Session) Assign(items ...*pb.Assignment) { s.Push(&pb.Push{Assignments: items}) }
+
+// Ack sends a Push that acks refs with status.
 func (s *Session) Ack(status pb.AckStatus, refs ...*pb.AssignmentRef) {
-	acks := &pb.Acks{}
-	for _, r := range refs {
-		acks.Items = append(acks.Items, &pb.Ack{Ref: r, Status: status})
-	}
-	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Acks{Acks: acks}})
+	s.Push(&pb.Push{Acks: Acks(status, refs...)})
 }
 
-// Cancel cancels refs.
-func (s *Session) Cancel(refs ...*pb.AssignmentRef) {
-	cs := &pb.Cancels{}
-	for _, r := range refs {
-		cs.Items = append(cs.Items, &pb.Cancel{Ref: r, Reason: "run_cancelled"})
-	}
-	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Cancels{Cancels: cs}})
-}
+// Cancel sends a Push that cancels refs.
+func (s *Session) Cancel(refs ...*pb.AssignmentRef) { s.Push(&pb.Push{Cancels: Cancels(refs...)}) }
 
 // RequestDrain sends a DrainRequest.
 func (s *Session) RequestDrain() {
@@ -237,4 +231,22 @@ func Assignment(ref *pb.AssignmentRef, agent, input string, deps ...*pb.Dependen
 // Dep builds a dependency result.
 func Dep(node, result string) *pb.DependencyResult {
 	return &pb.DependencyResult{NodeId: node, Result: []byte(result)}
+}
+
+// Acks builds the acks of refs with status, for a Push.
+func Acks(status pb.AckStatus, refs ...*pb.AssignmentRef) []*pb.Ack {
+	acks := make([]*pb.Ack, 0, len(refs))
+	for _, r := range refs {
+		acks = append(acks, &pb.Ack{Ref: r, Status: status})
+	}
+	return acks
+}
+
+// Cancels builds the cancels of refs (reason "run_cancelled"), for a Push.
+func Cancels(refs ...*pb.AssignmentRef) []*pb.Cancel {
+	cs := make([]*pb.Cancel, 0, len(refs))
+	for _, r := range refs {
+		cs = append(cs, &pb.Cancel{Ref: r, Reason: "run_cancelled"})
+	}
+	return cs
 }

@@ -272,9 +272,7 @@ type ConnectResponse struct {
 	// Types that are valid to be assigned to Msg:
 	//
 	//	*ConnectResponse_Welcome
-	//	*ConnectResponse_Assignments
-	//	*ConnectResponse_Acks
-	//	*ConnectResponse_Cancels
+	//	*ConnectResponse_Push
 	//	*ConnectResponse_Heartbeat
 	//	*ConnectResponse_DrainRequest
 	//	*ConnectResponse_Refusal
@@ -329,28 +327,10 @@ func (x *ConnectResponse) GetWelcome() *Welcome {
 	return nil
 }
 
-func (x *ConnectResponse) GetAssignments() *Assignments {
+func (x *ConnectResponse) GetPush() *Push {
 	if x != nil {
-		if x, ok := x.Msg.(*ConnectResponse_Assignments); ok {
-			return x.Assignments
-		}
-	}
-	return nil
-}
-
-func (x *ConnectResponse) GetAcks() *Acks {
-	if x != nil {
-		if x, ok := x.Msg.(*ConnectResponse_Acks); ok {
-			return x.Acks
-		}
-	}
-	return nil
-}
-
-func (x *ConnectResponse) GetCancels() *Cancels {
-	if x != nil {
-		if x, ok := x.Msg.(*ConnectResponse_Cancels); ok {
-			return x.Cancels
+		if x, ok := x.Msg.(*ConnectResponse_Push); ok {
+			return x.Push
 		}
 	}
 	return nil
@@ -391,16 +371,9 @@ type ConnectResponse_Welcome struct {
 	Welcome *Welcome `protobuf:"bytes,1,opt,name=welcome,proto3,oneof"`
 }
 
-type ConnectResponse_Assignments struct {
-	Assignments *Assignments `protobuf:"bytes,2,opt,name=assignments,proto3,oneof"`
-}
-
-type ConnectResponse_Acks struct {
-	Acks *Acks `protobuf:"bytes,3,opt,name=acks,proto3,oneof"`
-}
-
-type ConnectResponse_Cancels struct {
-	Cancels *Cancels `protobuf:"bytes,4,opt,name=cancels,proto3,oneof"`
+type ConnectResponse_Push struct {
+	// Assignments, acks and cancels travel together: one write carries them all.
+	Push *Push `protobuf:"bytes,8,opt,name=push,proto3,oneof"`
 }
 
 type ConnectResponse_Heartbeat struct {
@@ -419,11 +392,7 @@ type ConnectResponse_Refusal struct {
 
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
-func (*ConnectResponse_Assignments) isConnectResponse_Msg() {}
-
-func (*ConnectResponse_Acks) isConnectResponse_Msg() {}
-
-func (*ConnectResponse_Cancels) isConnectResponse_Msg() {}
+func (*ConnectResponse_Push) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Heartbeat) isConnectResponse_Msg() {}
 
@@ -439,7 +408,7 @@ type Hello struct {
 	// "python", "go", "typescript", ...
 	Language   string `protobuf:"bytes,2,opt,name=language,proto3" json:"language,omitempty"`
 	SdkVersion string `protobuf:"bytes,3,opt,name=sdk_version,json=sdkVersion,proto3" json:"sdk_version,omitempty"`
-	// The protocol version the worker speaks. This document describes version 1.
+	// The protocol version the worker speaks. This document describes version 2.
 	ProtocolVersion uint32 `protobuf:"varint,4,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
 	// Agents this worker runs.
 	Agents []string          `protobuf:"bytes,5,rep,name=agents,proto3" json:"agents,omitempty"`
@@ -901,50 +870,6 @@ func (x *Assignment) GetMetadata() map[string]string {
 	return nil
 }
 
-type Assignments struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Items         []*Assignment          `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Assignments) Reset() {
-	*x = Assignments{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Assignments) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Assignments) ProtoMessage() {}
-
-func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
-func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *Assignments) GetItems() []*Assignment {
-	if x != nil {
-		return x.Items
-	}
-	return nil
-}
-
 type Result struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Ref     *AssignmentRef         `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -962,7 +887,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[9]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +899,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[9]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +912,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{9}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Result) GetRef() *AssignmentRef {
@@ -1034,7 +959,7 @@ type Results struct {
 
 func (x *Results) Reset() {
 	*x = Results{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[10]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +971,7 @@ func (x *Results) String() string {
 func (*Results) ProtoMessage() {}
 
 func (x *Results) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[10]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +984,7 @@ func (x *Results) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Results.ProtoReflect.Descriptor instead.
 func (*Results) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{10}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Results) GetItems() []*Result {
@@ -1080,7 +1005,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[11]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1017,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[11]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1030,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{11}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Progress) GetRef() *AssignmentRef {
@@ -1131,7 +1056,7 @@ type ProgressBatch struct {
 
 func (x *ProgressBatch) Reset() {
 	*x = ProgressBatch{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[12]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1068,7 @@ func (x *ProgressBatch) String() string {
 func (*ProgressBatch) ProtoMessage() {}
 
 func (x *ProgressBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[12]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1081,7 @@ func (x *ProgressBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressBatch.ProtoReflect.Descriptor instead.
 func (*ProgressBatch) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{12}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProgressBatch) GetItems() []*Progress {
@@ -1177,7 +1102,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[13]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1114,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[13]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1127,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{13}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Ack) GetRef() *AssignmentRef {
@@ -1226,50 +1151,6 @@ func (x *Ack) GetMessage() string {
 	return ""
 }
 
-type Acks struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Items         []*Ack                 `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Acks) Reset() {
-	*x = Acks{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[14]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Acks) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Acks) ProtoMessage() {}
-
-func (x *Acks) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[14]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Acks.ProtoReflect.Descriptor instead.
-func (*Acks) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{14}
-}
-
-func (x *Acks) GetItems() []*Ack {
-	if x != nil {
-		return x.Items
-	}
-	return nil
-}
-
 type Cancel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Ref   *AssignmentRef         `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -1281,7 +1162,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[15]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1174,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[15]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1187,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{15}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Cancel) GetRef() *AssignmentRef {
@@ -1323,28 +1204,33 @@ func (x *Cancel) GetReason() string {
 	return ""
 }
 
-type Cancels struct {
+// Everything the coordinator has for a worker at the moment it writes. A worker handles the
+// acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
+// Push never holds more than Welcome.max_batch assignments.
+type Push struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Items         []*Cancel              `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	Acks          []*Ack                 `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
+	Cancels       []*Cancel              `protobuf:"bytes,2,rep,name=cancels,proto3" json:"cancels,omitempty"`
+	Assignments   []*Assignment          `protobuf:"bytes,3,rep,name=assignments,proto3" json:"assignments,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Cancels) Reset() {
-	*x = Cancels{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[16]
+func (x *Push) Reset() {
+	*x = Push{}
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Cancels) String() string {
+func (x *Push) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Cancels) ProtoMessage() {}
+func (*Push) ProtoMessage() {}
 
-func (x *Cancels) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[16]
+func (x *Push) ProtoReflect() protoreflect.Message {
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1355,14 +1241,28 @@ func (x *Cancels) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Cancels.ProtoReflect.Descriptor instead.
-func (*Cancels) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{16}
+// Deprecated: Use Push.ProtoReflect.Descriptor instead.
+func (*Push) Descriptor() ([]byte, []int) {
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{14}
 }
 
-func (x *Cancels) GetItems() []*Cancel {
+func (x *Push) GetAcks() []*Ack {
 	if x != nil {
-		return x.Items
+		return x.Acks
+	}
+	return nil
+}
+
+func (x *Push) GetCancels() []*Cancel {
+	if x != nil {
+		return x.Cancels
+	}
+	return nil
+}
+
+func (x *Push) GetAssignments() []*Assignment {
+	if x != nil {
+		return x.Assignments
 	}
 	return nil
 }
@@ -1375,7 +1275,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[17]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1287,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[17]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1300,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{17}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{15}
 }
 
 // Worker -> coordinator: send me nothing new; I close once my assignments are answered.
@@ -1412,7 +1312,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[18]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1324,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[18]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1337,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{18}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{16}
 }
 
 // Coordinator -> worker: an operator asked this worker to drain. The worker stops taking work,
@@ -1450,7 +1350,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[19]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1362,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_worker_proto_msgTypes[19]
+	mi := &file_hivegrid_v1_worker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1375,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{19}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{17}
 }
 
 var File_hivegrid_v1_worker_proto protoreflect.FileDescriptor
@@ -1489,16 +1389,14 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\bprogress\x18\x03 \x01(\v2\x1a.hivegrid.v1.ProgressBatchH\x00R\bprogress\x126\n" +
 	"\theartbeat\x18\x04 \x01(\v2\x16.hivegrid.v1.HeartbeatH\x00R\theartbeat\x12*\n" +
 	"\x05drain\x18\x05 \x01(\v2\x12.hivegrid.v1.DrainH\x00R\x05drainB\x05\n" +
-	"\x03msg\"\x8f\x03\n" +
+	"\x03msg\"\xcd\x02\n" +
 	"\x0fConnectResponse\x120\n" +
-	"\awelcome\x18\x01 \x01(\v2\x14.hivegrid.v1.WelcomeH\x00R\awelcome\x12<\n" +
-	"\vassignments\x18\x02 \x01(\v2\x18.hivegrid.v1.AssignmentsH\x00R\vassignments\x12'\n" +
-	"\x04acks\x18\x03 \x01(\v2\x11.hivegrid.v1.AcksH\x00R\x04acks\x120\n" +
-	"\acancels\x18\x04 \x01(\v2\x14.hivegrid.v1.CancelsH\x00R\acancels\x126\n" +
+	"\awelcome\x18\x01 \x01(\v2\x14.hivegrid.v1.WelcomeH\x00R\awelcome\x12'\n" +
+	"\x04push\x18\b \x01(\v2\x11.hivegrid.v1.PushH\x00R\x04push\x126\n" +
 	"\theartbeat\x18\x05 \x01(\v2\x16.hivegrid.v1.HeartbeatH\x00R\theartbeat\x12@\n" +
 	"\rdrain_request\x18\x06 \x01(\v2\x19.hivegrid.v1.DrainRequestH\x00R\fdrainRequest\x120\n" +
 	"\arefusal\x18\a \x01(\v2\x14.hivegrid.v1.RefusalH\x00R\arefusalB\x05\n" +
-	"\x03msg\"\xe1\x02\n" +
+	"\x03msgJ\x04\b\x02\x10\x03J\x04\b\x03\x10\x04J\x04\b\x04\x10\x05R\vassignmentsR\x04acksR\acancels\"\xe1\x02\n" +
 	"\x05Hello\x12\x1f\n" +
 	"\vworker_name\x18\x01 \x01(\tR\n" +
 	"workerName\x12\x1a\n" +
@@ -1544,9 +1442,7 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\bmetadata\x18\a \x03(\v2%.hivegrid.v1.Assignment.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
-	"\vAssignments\x12-\n" +
-	"\x05items\x18\x01 \x03(\v2\x17.hivegrid.v1.AssignmentR\x05items\"\xe1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +
 	"\x06Result\x12,\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1a.hivegrid.v1.AssignmentRefR\x03ref\x12.\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x14.hivegrid.v1.OutcomeR\aoutcome\x12\x16\n" +
@@ -1563,14 +1459,14 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\x03Ack\x12,\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1a.hivegrid.v1.AssignmentRefR\x03ref\x12.\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x16.hivegrid.v1.AckStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\".\n" +
-	"\x04Acks\x12&\n" +
-	"\x05items\x18\x01 \x03(\v2\x10.hivegrid.v1.AckR\x05items\"N\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"N\n" +
 	"\x06Cancel\x12,\n" +
 	"\x03ref\x18\x01 \x01(\v2\x1a.hivegrid.v1.AssignmentRefR\x03ref\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"4\n" +
-	"\aCancels\x12)\n" +
-	"\x05items\x18\x01 \x03(\v2\x13.hivegrid.v1.CancelR\x05items\"\v\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x96\x01\n" +
+	"\x04Push\x12$\n" +
+	"\x04acks\x18\x01 \x03(\v2\x10.hivegrid.v1.AckR\x04acks\x12-\n" +
+	"\acancels\x18\x02 \x03(\v2\x13.hivegrid.v1.CancelR\acancels\x129\n" +
+	"\vassignments\x18\x03 \x03(\v2\x17.hivegrid.v1.AssignmentR\vassignments\"\v\n" +
 	"\tHeartbeat\"\a\n" +
 	"\x05Drain\"\x0e\n" +
 	"\fDrainRequest*d\n" +
@@ -1601,7 +1497,7 @@ func file_hivegrid_v1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_hivegrid_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hivegrid_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_hivegrid_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_hivegrid_v1_worker_proto_goTypes = []any{
 	(Outcome)(0),             // 0: hivegrid.v1.Outcome
 	(AckStatus)(0),           // 1: hivegrid.v1.AckStatus
@@ -1613,62 +1509,58 @@ var file_hivegrid_v1_worker_proto_goTypes = []any{
 	(*AssignmentRef)(nil),    // 7: hivegrid.v1.AssignmentRef
 	(*DependencyResult)(nil), // 8: hivegrid.v1.DependencyResult
 	(*Assignment)(nil),       // 9: hivegrid.v1.Assignment
-	(*Assignments)(nil),      // 10: hivegrid.v1.Assignments
-	(*Result)(nil),           // 11: hivegrid.v1.Result
-	(*Results)(nil),          // 12: hivegrid.v1.Results
-	(*Progress)(nil),         // 13: hivegrid.v1.Progress
-	(*ProgressBatch)(nil),    // 14: hivegrid.v1.ProgressBatch
-	(*Ack)(nil),              // 15: hivegrid.v1.Ack
-	(*Acks)(nil),             // 16: hivegrid.v1.Acks
-	(*Cancel)(nil),           // 17: hivegrid.v1.Cancel
-	(*Cancels)(nil),          // 18: hivegrid.v1.Cancels
-	(*Heartbeat)(nil),        // 19: hivegrid.v1.Heartbeat
-	(*Drain)(nil),            // 20: hivegrid.v1.Drain
-	(*DrainRequest)(nil),     // 21: hivegrid.v1.DrainRequest
-	nil,                      // 22: hivegrid.v1.Hello.LabelsEntry
-	nil,                      // 23: hivegrid.v1.Assignment.MetadataEntry
-	(*NodeError)(nil),        // 24: hivegrid.v1.NodeError
-	(*Mutation)(nil),         // 25: hivegrid.v1.Mutation
+	(*Result)(nil),           // 10: hivegrid.v1.Result
+	(*Results)(nil),          // 11: hivegrid.v1.Results
+	(*Progress)(nil),         // 12: hivegrid.v1.Progress
+	(*ProgressBatch)(nil),    // 13: hivegrid.v1.ProgressBatch
+	(*Ack)(nil),              // 14: hivegrid.v1.Ack
+	(*Cancel)(nil),           // 15: hivegrid.v1.Cancel
+	(*Push)(nil),             // 16: hivegrid.v1.Push
+	(*Heartbeat)(nil),        // 17: hivegrid.v1.Heartbeat
+	(*Drain)(nil),            // 18: hivegrid.v1.Drain
+	(*DrainRequest)(nil),     // 19: hivegrid.v1.DrainRequest
+	nil,                      // 20: hivegrid.v1.Hello.LabelsEntry
+	nil,                      // 21: hivegrid.v1.Assignment.MetadataEntry
+	(*NodeError)(nil),        // 22: hivegrid.v1.NodeError
+	(*Mutation)(nil),         // 23: hivegrid.v1.Mutation
 }
 var file_hivegrid_v1_worker_proto_depIdxs = []int32{
 	4,  // 0: hivegrid.v1.ConnectRequest.hello:type_name -> hivegrid.v1.Hello
-	12, // 1: hivegrid.v1.ConnectRequest.results:type_name -> hivegrid.v1.Results
-	14, // 2: hivegrid.v1.ConnectRequest.progress:type_name -> hivegrid.v1.ProgressBatch
-	19, // 3: hivegrid.v1.ConnectRequest.heartbeat:type_name -> hivegrid.v1.Heartbeat
-	20, // 4: hivegrid.v1.ConnectRequest.drain:type_name -> hivegrid.v1.Drain
+	11, // 1: hivegrid.v1.ConnectRequest.results:type_name -> hivegrid.v1.Results
+	13, // 2: hivegrid.v1.ConnectRequest.progress:type_name -> hivegrid.v1.ProgressBatch
+	17, // 3: hivegrid.v1.ConnectRequest.heartbeat:type_name -> hivegrid.v1.Heartbeat
+	18, // 4: hivegrid.v1.ConnectRequest.drain:type_name -> hivegrid.v1.Drain
 	5,  // 5: hivegrid.v1.ConnectResponse.welcome:type_name -> hivegrid.v1.Welcome
-	10, // 6: hivegrid.v1.ConnectResponse.assignments:type_name -> hivegrid.v1.Assignments
-	16, // 7: hivegrid.v1.ConnectResponse.acks:type_name -> hivegrid.v1.Acks
-	18, // 8: hivegrid.v1.ConnectResponse.cancels:type_name -> hivegrid.v1.Cancels
-	19, // 9: hivegrid.v1.ConnectResponse.heartbeat:type_name -> hivegrid.v1.Heartbeat
-	21, // 10: hivegrid.v1.ConnectResponse.drain_request:type_name -> hivegrid.v1.DrainRequest
-	6,  // 11: hivegrid.v1.ConnectResponse.refusal:type_name -> hivegrid.v1.Refusal
-	22, // 12: hivegrid.v1.Hello.labels:type_name -> hivegrid.v1.Hello.LabelsEntry
-	7,  // 13: hivegrid.v1.Hello.held:type_name -> hivegrid.v1.AssignmentRef
-	7,  // 14: hivegrid.v1.Welcome.held:type_name -> hivegrid.v1.AssignmentRef
-	7,  // 15: hivegrid.v1.Assignment.ref:type_name -> hivegrid.v1.AssignmentRef
-	8,  // 16: hivegrid.v1.Assignment.deps:type_name -> hivegrid.v1.DependencyResult
-	23, // 17: hivegrid.v1.Assignment.metadata:type_name -> hivegrid.v1.Assignment.MetadataEntry
-	9,  // 18: hivegrid.v1.Assignments.items:type_name -> hivegrid.v1.Assignment
-	7,  // 19: hivegrid.v1.Result.ref:type_name -> hivegrid.v1.AssignmentRef
-	0,  // 20: hivegrid.v1.Result.outcome:type_name -> hivegrid.v1.Outcome
-	24, // 21: hivegrid.v1.Result.error:type_name -> hivegrid.v1.NodeError
-	25, // 22: hivegrid.v1.Result.mutations:type_name -> hivegrid.v1.Mutation
-	11, // 23: hivegrid.v1.Results.items:type_name -> hivegrid.v1.Result
-	7,  // 24: hivegrid.v1.Progress.ref:type_name -> hivegrid.v1.AssignmentRef
-	13, // 25: hivegrid.v1.ProgressBatch.items:type_name -> hivegrid.v1.Progress
-	7,  // 26: hivegrid.v1.Ack.ref:type_name -> hivegrid.v1.AssignmentRef
-	1,  // 27: hivegrid.v1.Ack.status:type_name -> hivegrid.v1.AckStatus
-	15, // 28: hivegrid.v1.Acks.items:type_name -> hivegrid.v1.Ack
-	7,  // 29: hivegrid.v1.Cancel.ref:type_name -> hivegrid.v1.AssignmentRef
-	17, // 30: hivegrid.v1.Cancels.items:type_name -> hivegrid.v1.Cancel
-	2,  // 31: hivegrid.v1.WorkerService.Connect:input_type -> hivegrid.v1.ConnectRequest
-	3,  // 32: hivegrid.v1.WorkerService.Connect:output_type -> hivegrid.v1.ConnectResponse
-	32, // [32:33] is the sub-list for method output_type
-	31, // [31:32] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	16, // 6: hivegrid.v1.ConnectResponse.push:type_name -> hivegrid.v1.Push
+	17, // 7: hivegrid.v1.ConnectResponse.heartbeat:type_name -> hivegrid.v1.Heartbeat
+	19, // 8: hivegrid.v1.ConnectResponse.drain_request:type_name -> hivegrid.v1.DrainRequest
+	6,  // 9: hivegrid.v1.ConnectResponse.refusal:type_name -> hivegrid.v1.Refusal
+	20, // 10: hivegrid.v1.Hello.labels:type_name -> hivegrid.v1.Hello.LabelsEntry
+	7,  // 11: hivegrid.v1.Hello.held:type_name -> hivegrid.v1.AssignmentRef
+	7,  // 12: hivegrid.v1.Welcome.held:type_name -> hivegrid.v1.AssignmentRef
+	7,  // 13: hivegrid.v1.Assignment.ref:type_name -> hivegrid.v1.AssignmentRef
+	8,  // 14: hivegrid.v1.Assignment.deps:type_name -> hivegrid.v1.DependencyResult
+	21, // 15: hivegrid.v1.Assignment.metadata:type_name -> hivegrid.v1.Assignment.MetadataEntry
+	7,  // 16: hivegrid.v1.Result.ref:type_name -> hivegrid.v1.AssignmentRef
+	0,  // 17: hivegrid.v1.Result.outcome:type_name -> hivegrid.v1.Outcome
+	22, // 18: hivegrid.v1.Result.error:type_name -> hivegrid.v1.NodeError
+	23, // 19: hivegrid.v1.Result.mutations:type_name -> hivegrid.v1.Mutation
+	10, // 20: hivegrid.v1.Results.items:type_name -> hivegrid.v1.Result
+	7,  // 21: hivegrid.v1.Progress.ref:type_name -> hivegrid.v1.AssignmentRef
+	12, // 22: hivegrid.v1.ProgressBatch.items:type_name -> hivegrid.v1.Progress
+	7,  // 23: hivegrid.v1.Ack.ref:type_name -> hivegrid.v1.AssignmentRef
+	1,  // 24: hivegrid.v1.Ack.status:type_name -> hivegrid.v1.AckStatus
+	7,  // 25: hivegrid.v1.Cancel.ref:type_name -> hivegrid.v1.AssignmentRef
+	14, // 26: hivegrid.v1.Push.acks:type_name -> hivegrid.v1.Ack
+	15, // 27: hivegrid.v1.Push.cancels:type_name -> hivegrid.v1.Cancel
+	9,  // 28: hivegrid.v1.Push.assignments:type_name -> hivegrid.v1.Assignment
+	2,  // 29: hivegrid.v1.WorkerService.Connect:input_type -> hivegrid.v1.ConnectRequest
+	3,  // 30: hivegrid.v1.WorkerService.Connect:output_type -> hivegrid.v1.ConnectResponse
+	30, // [30:31] is the sub-list for method output_type
+	29, // [29:30] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_hivegrid_v1_worker_proto_init() }
@@ -1686,9 +1578,7 @@ func file_hivegrid_v1_worker_proto_init() {
 	}
 	file_hivegrid_v1_worker_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
-		(*ConnectResponse_Assignments)(nil),
-		(*ConnectResponse_Acks)(nil),
-		(*ConnectResponse_Cancels)(nil),
+		(*ConnectResponse_Push)(nil),
 		(*ConnectResponse_Heartbeat)(nil),
 		(*ConnectResponse_DrainRequest)(nil),
 		(*ConnectResponse_Refusal)(nil),
@@ -1699,7 +1589,7 @@ func file_hivegrid_v1_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hivegrid_v1_worker_proto_rawDesc), len(file_hivegrid_v1_worker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,9 +29,9 @@ const (
 // The worker protocol: one bidirectional stream per worker process. See docs/protocol.md.
 //
 //	worker -> Hello                         coordinator -> Welcome
-//	coordinator -> Assignments (never more in flight than the worker's free slots)
-//	worker -> Results / Progress            coordinator -> Acks (after the commit is durable)
-//	coordinator -> Cancels                  worker -> Results with OUTCOME_CANCELLED
+//	coordinator -> Push.assignments (never more in flight than the worker's free slots)
+//	worker -> Results / Progress            coordinator -> Push.acks (once the commit is durable)
+//	coordinator -> Push.cancels             worker -> Results with OUTCOME_CANCELLED
 //	both -> Heartbeat every heartbeat_interval_s
 //	worker -> Drain, or coordinator -> DrainRequest: no new assignments; the worker closes
 //	the stream once every assignment it holds has been answered.
@@ -67,9 +67,9 @@ type WorkerService_ConnectClient = grpc.BidiStreamingClient[ConnectRequest, Conn
 // The worker protocol: one bidirectional stream per worker process. See docs/protocol.md.
 //
 //	worker -> Hello                         coordinator -> Welcome
-//	coordinator -> Assignments (never more in flight than the worker's free slots)
-//	worker -> Results / Progress            coordinator -> Acks (after the commit is durable)
-//	coordinator -> Cancels                  worker -> Results with OUTCOME_CANCELLED
+//	coordinator -> Push.assignments (never more in flight than the worker's free slots)
+//	worker -> Results / Progress            coordinator -> Push.acks (once the commit is durable)
+//	coordinator -> Push.cancels             worker -> Results with OUTCOME_CANCELLED
 //	both -> Heartbeat every heartbeat_interval_s
 //	worker -> Drain, or coordinator -> DrainRequest: no new assignments; the worker closes
 //	the stream once every assignment it holds has been answered.

@@ -66,9 +66,9 @@ export interface ConnectRequest {
 export interface ConnectResponse {
   msg:
     | { $case: "welcome"; welcome: Welcome }
-    | { $case: "assignments"; assignments: Assignments }
-    | { $case: "acks"; acks: Acks }
-    | { $case: "cancels"; cancels: Cancels }
+    | //
+    /** Assignments, acks and cancels travel together: one write carries them all. */
+    { $case: "push"; push: Push }
     | { $case: "heartbeat"; heartbeat: Heartbeat }
     | { $case: "drainRequest"; drainRequest: DrainRequest }
     | //
@@ -87,7 +87,7 @@ export interface Hello {
   /** "python", "go", "typescript", ... */
   language: string;
   sdkVersion: string;
-  /** The protocol version the worker speaks. This document describes version 1. */
+  /** The protocol version the worker speaks. This document describes version 2. */
   protocolVersion: number;
   /** Agents this worker runs. */
   agents: string[];
@@ -169,10 +169,6 @@ export interface Assignment_MetadataEntry {
   value: string;
 }
 
-export interface Assignments {
-  items: Assignment[];
-}
-
 export interface Result {
   ref: AssignmentRef | undefined;
   outcome: Outcome;
@@ -211,10 +207,6 @@ export interface Ack {
   message: string;
 }
 
-export interface Acks {
-  items: Ack[];
-}
-
 export interface Cancel {
   ref:
     | AssignmentRef
@@ -223,8 +215,15 @@ export interface Cancel {
   reason: string;
 }
 
-export interface Cancels {
-  items: Cancel[];
+/**
+ * Everything the coordinator has for a worker at the moment it writes. A worker handles the
+ * acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
+ * Push never holds more than Welcome.max_batch assignments.
+ */
+export interface Push {
+  acks: Ack[];
+  cancels: Cancel[];
+  assignments: Assignment[];
 }
 
 export interface Heartbeat {
@@ -383,14 +382,8 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
       case "welcome":
         Welcome.encode(message.msg.welcome, writer.uint32(10).fork()).join();
         break;
-      case "assignments":
-        Assignments.encode(message.msg.assignments, writer.uint32(18).fork()).join();
-        break;
-      case "acks":
-        Acks.encode(message.msg.acks, writer.uint32(26).fork()).join();
-        break;
-      case "cancels":
-        Cancels.encode(message.msg.cancels, writer.uint32(34).fork()).join();
+      case "push":
+        Push.encode(message.msg.push, writer.uint32(66).fork()).join();
         break;
       case "heartbeat":
         Heartbeat.encode(message.msg.heartbeat, writer.uint32(42).fork()).join();
@@ -426,28 +419,12 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
             message.msg = { $case: "welcome", welcome: Welcome.decode(reader, reader.uint32()) };
             continue;
           }
-          case 2: {
-            if (tag !== 18) {
+          case 8: {
+            if (tag !== 66) {
               break;
             }
 
-            message.msg = { $case: "assignments", assignments: Assignments.decode(reader, reader.uint32()) };
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.msg = { $case: "acks", acks: Acks.decode(reader, reader.uint32()) };
-            continue;
-          }
-          case 4: {
-            if (tag !== 34) {
-              break;
-            }
-
-            message.msg = { $case: "cancels", cancels: Cancels.decode(reader, reader.uint32()) };
+            message.msg = { $case: "push", push: Push.decode(reader, reader.uint32()) };
             continue;
           }
           case 5: {
@@ -498,21 +475,9 @@ export const ConnectResponse: MessageFns<ConnectResponse> = {
         }
         break;
       }
-      case "assignments": {
-        if (object.msg?.assignments !== undefined && object.msg?.assignments !== null) {
-          message.msg = { $case: "assignments", assignments: Assignments.fromPartial(object.msg.assignments) };
-        }
-        break;
-      }
-      case "acks": {
-        if (object.msg?.acks !== undefined && object.msg?.acks !== null) {
-          message.msg = { $case: "acks", acks: Acks.fromPartial(object.msg.acks) };
-        }
-        break;
-      }
-      case "cancels": {
-        if (object.msg?.cancels !== undefined && object.msg?.cancels !== null) {
-          message.msg = { $case: "cancels", cancels: Cancels.fromPartial(object.msg.cancels) };
+      case "push": {
+        if (object.msg?.push !== undefined && object.msg?.push !== null) {
+          message.msg = { $case: "push", push: Push.fromPartial(object.msg.push) };
         }
         break;
       }
@@ -1321,61 +1286,6 @@ export const Assignment_MetadataEntry: MessageFns<Assignment_MetadataEntry> = {
   },
 };
 
-function createBaseAssignments(): Assignments {
-  return { items: [] };
-}
-
-export const Assignments: MessageFns<Assignments> = {
-  encode(message: Assignments, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    for (const v of message.items) {
-      Assignment.encode(v!, writer.uint32(10).fork()).join();
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): Assignments {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseAssignments();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.items.push(Assignment.decode(reader, reader.uint32()));
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  create(base?: DeepPartial<Assignments>): Assignments {
-    return Assignments.fromPartial(base ?? {});
-  },
-  fromPartial(object: DeepPartial<Assignments>): Assignments {
-    const message = createBaseAssignments();
-    message.items = object.items?.map((e) => Assignment.fromPartial(e)) || [];
-    return message;
-  },
-};
-
 function createBaseResult(): Result {
   return { ref: undefined, outcome: 0, result: Buffer.alloc(0), error: undefined, mutations: [] };
 }
@@ -1737,61 +1647,6 @@ export const Ack: MessageFns<Ack> = {
   },
 };
 
-function createBaseAcks(): Acks {
-  return { items: [] };
-}
-
-export const Acks: MessageFns<Acks> = {
-  encode(message: Acks, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    for (const v of message.items) {
-      Ack.encode(v!, writer.uint32(10).fork()).join();
-    }
-    return writer;
-  },
-
-  decode(input: BinaryReader | Uint8Array, length?: number): Acks {
-    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
-    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
-    if (previousRecursionDepth >= 100) {
-      throw new globalThis.Error("protobuf decode recursion limit exceeded");
-    }
-    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
-    try {
-      const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseAcks();
-      while (reader.pos < end) {
-        const tag = reader.uint32();
-        switch (tag >>> 3) {
-          case 1: {
-            if (tag !== 10) {
-              break;
-            }
-
-            message.items.push(Ack.decode(reader, reader.uint32()));
-            continue;
-          }
-        }
-        if ((tag & 7) === 4 || tag === 0) {
-          break;
-        }
-        reader.skip(tag & 7);
-      }
-      return message;
-    } finally {
-      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
-    }
-  },
-
-  create(base?: DeepPartial<Acks>): Acks {
-    return Acks.fromPartial(base ?? {});
-  },
-  fromPartial(object: DeepPartial<Acks>): Acks {
-    const message = createBaseAcks();
-    message.items = object.items?.map((e) => Ack.fromPartial(e)) || [];
-    return message;
-  },
-};
-
 function createBaseCancel(): Cancel {
   return { ref: undefined, reason: "" };
 }
@@ -1859,19 +1714,25 @@ export const Cancel: MessageFns<Cancel> = {
   },
 };
 
-function createBaseCancels(): Cancels {
-  return { items: [] };
+function createBasePush(): Push {
+  return { acks: [], cancels: [], assignments: [] };
 }
 
-export const Cancels: MessageFns<Cancels> = {
-  encode(message: Cancels, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    for (const v of message.items) {
-      Cancel.encode(v!, writer.uint32(10).fork()).join();
+export const Push: MessageFns<Push> = {
+  encode(message: Push, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.acks) {
+      Ack.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.cancels) {
+      Cancel.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.assignments) {
+      Assignment.encode(v!, writer.uint32(26).fork()).join();
     }
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): Cancels {
+  decode(input: BinaryReader | Uint8Array, length?: number): Push {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -1880,7 +1741,7 @@ export const Cancels: MessageFns<Cancels> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseCancels();
+      const message = createBasePush();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -1889,7 +1750,23 @@ export const Cancels: MessageFns<Cancels> = {
               break;
             }
 
-            message.items.push(Cancel.decode(reader, reader.uint32()));
+            message.acks.push(Ack.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cancels.push(Cancel.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.assignments.push(Assignment.decode(reader, reader.uint32()));
             continue;
           }
         }
@@ -1904,12 +1781,14 @@ export const Cancels: MessageFns<Cancels> = {
     }
   },
 
-  create(base?: DeepPartial<Cancels>): Cancels {
-    return Cancels.fromPartial(base ?? {});
+  create(base?: DeepPartial<Push>): Push {
+    return Push.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<Cancels>): Cancels {
-    const message = createBaseCancels();
-    message.items = object.items?.map((e) => Cancel.fromPartial(e)) || [];
+  fromPartial(object: DeepPartial<Push>): Push {
+    const message = createBasePush();
+    message.acks = object.acks?.map((e) => Ack.fromPartial(e)) || [];
+    message.cancels = object.cancels?.map((e) => Cancel.fromPartial(e)) || [];
+    message.assignments = object.assignments?.map((e) => Assignment.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2047,9 +1926,9 @@ export const DrainRequest: MessageFns<DrainRequest> = {
  * The worker protocol: one bidirectional stream per worker process. See docs/protocol.md.
  *
  *   worker -> Hello                         coordinator -> Welcome
- *   coordinator -> Assignments (never more in flight than the worker's free slots)
- *   worker -> Results / Progress            coordinator -> Acks (after the commit is durable)
- *   coordinator -> Cancels                  worker -> Results with OUTCOME_CANCELLED
+ *   coordinator -> Push.assignments (never more in flight than the worker's free slots)
+ *   worker -> Results / Progress            coordinator -> Push.acks (once the commit is durable)
+ *   coordinator -> Push.cancels             worker -> Results with OUTCOME_CANCELLED
  *   both -> Heartbeat every heartbeat_interval_s
  *   worker -> Drain, or coordinator -> DrainRequest: no new assignments; the worker closes
  *   the stream once every assignment it holds has been answered.
