@@ -145,7 +145,13 @@ class Runtime:
         self.core = Core(lease_epoch=epoch, default_limits=self.limits)
         self.journal = Journal(self.store, loop)
         started = time.perf_counter()
-        count = await asyncio.to_thread(self._recover)
+        # As in `submit`: rebuilding graphs creates nothing collectable, and collections in
+        # the middle would rescan everything built so far (1.7x slower at 100,000 nodes).
+        gc.disable()
+        try:
+            count = await asyncio.to_thread(self._recover)
+        finally:
+            gc.enable()
         if count:
             self.core.expire_all_leases(reason="coordinator restarted", now=self.clock())
             log.info("replayed %d events in %.2f s", count, time.perf_counter() - started)
@@ -582,6 +588,7 @@ class Runtime:
                 name=x.name,
                 seed=x.seed,
                 now=t,
+                checked=True,
             )
         elif kind == "node_dispatched":
             d = ev.node_dispatched

@@ -48,8 +48,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
 ]
 _WELCOME_TIMEOUT_S = 30.0
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 2.0
+# Reconnecting is cheap (a refused connect); a short ceiling gets work going again soon after
+# a coordinator restart.
+_BACKOFF_FIRST_S = 0.05
+_BACKOFF_MAX_S = 1.0
 # Used until a Welcome says otherwise.
 _DEFAULT_MAX_BATCH = 256
 _DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024

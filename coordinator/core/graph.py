@@ -166,7 +166,8 @@ class Run:
     # --- state changes ------------------------------------------------------------------
 
     def add(self, node: Node, state: NodeState) -> None:
-        """Adds a node (its edges already set) in `state` (PENDING or SPECULATIVE)."""
+        """Adds a node (its edges already set) in `state`: PENDING or SPECULATIVE, or READY for
+        a submitted node without dependencies."""
         self.nodes[node.id] = node
         node.state = state
         self.counts[state] += 1

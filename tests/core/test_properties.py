@@ -5,6 +5,7 @@ rebuilds the same nodes.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ from .conftest import Driver, node_facts, replay
 
 AGENTS = ("a", "b")
 SETTINGS = settings(
-    max_examples=200,
+    max_examples=int(os.environ.get("HIVEGRID_PROPERTY_EXAMPLES", "200")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

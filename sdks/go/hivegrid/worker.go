@@ -23,9 +23,11 @@ const SDKVersion = "0.1.0"
 // ProtocolVersion is the worker protocol version this SDK speaks.
 const ProtocolVersion = 2
 
+// Reconnecting is cheap (a refused connect); a short ceiling gets work going again soon after
+// a coordinator restart.
 const (
-	initialBackoff = 100 * time.Millisecond
-	maxBackoff     = 2 * time.Second
+	initialBackoff = 50 * time.Millisecond
+	maxBackoff     = 1 * time.Second
 )
 
 // Worker runs registered agents for a coordinator. Create it with NewWorker, Register its
@@ -105,7 +107,7 @@ func (w *Worker) Register(name string, fn AgentFunc) {
 
 // Run connects to the coordinator at addr (host:port) and runs assignments until ctx is done
 // or the coordinator asks the worker to drain, then drains and returns nil. A broken stream
-// is reconnected with jittered exponential backoff (0.1 s doubling to 2 s), forever. Run
+// is reconnected with jittered exponential backoff (0.05 s doubling to 1 s), forever. Run
 // returns an error only when it cannot go on: a *RefusedError, ErrDrainTimeout, or a
 // configuration error.
 func (w *Worker) Run(ctx context.Context, addr string) error {

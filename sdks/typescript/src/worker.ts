@@ -54,7 +54,7 @@ export interface WorkerOptions {
   labels?: Readonly<Record<string, string>>;
   /** Default: warnings to stderr, info dropped. */
   logger?: Logger;
-  /** Reconnect backoff, doubling from `initialMs` to `maxMs` with jitter (default 100..2000). */
+  /** Reconnect backoff, doubling from `initialMs` to `maxMs` with jitter (default 50..1000). */
   reconnect?: { initialMs?: number; maxMs?: number };
   /**
    * How long a cancelled agent may ignore its signal before the worker answers CANCELLED on its
@@ -157,8 +157,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.labels = { ...options.labels };
     this.#log = options.logger ?? stderrLogger;
     this.#outbox = new Outbox((message) => this.#log.warn(message));
-    this.#reconnectInitialMs = options.reconnect?.initialMs ?? 100;
-    this.#reconnectMaxMs = options.reconnect?.maxMs ?? 2000;
+    this.#reconnectInitialMs = options.reconnect?.initialMs ?? 50;
+    this.#reconnectMaxMs = options.reconnect?.maxMs ?? 1000;
     this.#cancelGraceMs = options.cancelGraceMs ?? 10_000;
     this.#channelOptions = options.channelOptions ?? {};
   }
