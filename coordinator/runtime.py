@@ -124,9 +124,13 @@ class Runtime:
         self.session_timeout_s = session_timeout_s
         self.limits = limits or RunLimits()
         self.clock = clock
-        # Take a snapshot after this many events, so that recovery replays at most that many.
+        # Take a snapshot after this many events, or after twice as many events as the state
+        # has nodes if that is more: a snapshot costs time in proportion to the state, so this
+        # keeps its cost per event bounded, and recovery replays at most that many events.
         self.snapshot_every = snapshot_every
         self._since_snapshot = 0
+        self._snapshot_due = snapshot_every
+        self.snapshots_taken = 0
         self.core: Core
         self.journal: Journal
         self.links: dict[str, Link] = {}
@@ -444,8 +448,11 @@ class Runtime:
                 rows.append((rec.run_id, run.last_seq, event.SerializeToString()))
             self.journal.append(rows)
             self._since_snapshot += len(rows)
-            if self._since_snapshot >= self.snapshot_every:
-                self.take_snapshot()
+            if self._since_snapshot >= self._snapshot_due:
+                size = sum(len(run.nodes) for run in core.runs.values())
+                self._snapshot_due = max(self.snapshot_every, 2 * size)
+                if self._since_snapshot >= self._snapshot_due:
+                    self.take_snapshot()
             # Always: a watcher may subscribe between this append and its commit.
             self.journal.after_commit(lambda: self._publish(events))
         if assignments or cancels:
@@ -482,6 +489,8 @@ class Runtime:
 
     def take_snapshot(self) -> None:
         self._since_snapshot = 0
+        self._snapshot_due = self.snapshot_every
+        self.snapshots_taken += 1
         started = time.perf_counter()
         self.journal.snapshot(snapshot.dump(self.core))
         log.info("snapshot taken in %.3f s", time.perf_counter() - started)

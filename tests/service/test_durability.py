@@ -207,3 +207,29 @@ def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path)
     assert [e.seq for e in seen + rest] == [e.seq for e in full]
     assert [e.SerializeToString() for e in seen + rest] == [e.SerializeToString() for e in full]
     assert full[-1].run_ended.state == gpb.RUN_STATE_SUCCEEDED
+
+
+def test_snapshots_are_spaced_by_the_size_of_the_state(tmp_path: Path) -> None:
+    """A snapshot is taken after max(snapshot_every, 2 x nodes held) events: often while the
+    state is small, rarely once it is large (a dump costs time in proportion to the state)."""
+
+    async def scenario(runs: int, nodes_per_run: int) -> int:
+        async with Coordinator(store_url=f"sqlite:///{tmp_path}/{runs}.db", snapshot_every=4) as c:
+            client = Client(c.address)
+            w = await RawWorker(c.address, slots=1).connect()
+            for r in range(runs):
+                await client.submit(*[node(f"r{r}n{i}") for i in range(nodes_per_run)])
+                for _ in range(nodes_per_run):
+                    (a,) = await w.take()
+                    w.answer(a, b"1")
+                    assert (await w.ack()).status == wpb.ACK_STATUS_COMMITTED
+            taken = c.runtime.snapshots_taken
+            await w.drop()
+            await client.close()
+            return taken
+
+    # One run of 40 nodes: about 82 events, in 41 commits. A snapshot every 4 events would be
+    # about 20 of them; scaled to the state, the first is due after 80 events.
+    assert asyncio.run(scenario(runs=1, nodes_per_run=40)) <= 1
+    # Ten runs of one node: about 40 events while the state grows from 1 to 10 nodes.
+    assert asyncio.run(scenario(runs=10, nodes_per_run=1)) >= 2
