@@ -30,9 +30,9 @@ def dump(core: Core) -> bytes:
         r.limits.max_nodes = run.limits.max_nodes
         r.limits.max_spawn_depth = run.limits.max_spawn_depth
         add = r.nodes.add
+        fill_spec = convert.fill_spec_pb
         for node in run.nodes.values():
             n = add(
-                spec=convert.spec_to_pb(node.spec, node.deps),
                 state=int(node.state),
                 attempt=node.attempt,
                 failures=node.failures,
@@ -43,6 +43,7 @@ def dump(core: Core) -> bytes:
                 not_before=node.not_before,
                 open_attempt=node.open,
             )
+            fill_spec(n.spec, node.spec, node.deps)
             if node.error is not None:
                 n.error.CopyFrom(convert.error_to_pb(node.error))
     return snap.SerializeToString()
