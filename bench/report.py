@@ -27,9 +27,14 @@ def _best(rows: list[dict[str, Any]], workload: str, system: str, key: str) -> f
 def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Adds `vs_<peer>` to each Hivegrid row (throughput ratio; for chain, how many times
     lower the hop p50 is) and evaluates the targets."""
+    floor = next((r for r in rows if r["workload"] == "floor"), None)
     for row in rows:
         if not row["system"].startswith("hivegrid"):
             continue
+        if row["workload"] == "streams":
+            mine, ceiling = _num(row, "throughput"), _num(floor, "throughput")
+            if mine and ceiling:
+                row["share_of_floor"] = mine / ceiling
         for peer in PEERS:
             peer_rows = _find(rows, row["workload"], peer)
             if not peer_rows:
@@ -107,10 +112,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lost, dup = _num(r, "lost_completions"), _num(r, "duplicated_completions")
     out.append(_target("recovery lost completions", lost, lost == 0, "0"))
     out.append(_target("recovery duplicated completions", dup, dup == 0, "0"))
-    first = _num(r, "listening_to_first_dispatch_s")
+    first = _num(r, "restart_to_first_dispatch_s")
     out.append(
         _target(
-            "recovery first assignment after restart (s)",
+            "recovery process start to first assignment (s)",
             first,
             first is not None and first <= 1,
             "<= 1",
@@ -157,6 +162,10 @@ def _notes(row: dict[str, Any]) -> str:
             f"register {_fmt(row.get('register_s'), 2)} s, "
             f"{_fmt(row.get('rss_per_stream_kb'))} KB/stream"
         )
+        if row.get("share_of_floor"):
+            parts.append(f"{row['share_of_floor']:.0%} of the transport floor")
+    elif w == "floor":
+        parts.append("bare grpc.aio echo: the ceiling at 1 slot/stream")
     elif w == "recovery":
         parts.append(
             f"restart->listen {_fmt(row.get('restart_to_listening_s'), 2)} s, listen->dispatch "

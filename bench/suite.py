@@ -17,7 +17,7 @@ from typing import Any
 from . import hivegrid_sys as hg
 from .procs import ROOT
 
-WORKLOADS = ("fanout", "chain", "dynamic", "streams", "recovery", "size")
+WORKLOADS = ("fanout", "chain", "dynamic", "streams", "floor", "recovery", "size")
 HIVEGRID = ("hivegrid-memory", "hivegrid-sqlite")
 PEERS = ("ray", "dask")
 SYSTEMS = HIVEGRID + PEERS
@@ -48,6 +48,8 @@ NOTES = [
     "workers), not 1 and 4; streams, recovery and size have no Ray/Dask equivalent: Hivegrid only",
     "recovery: a 100,000-node fanout on sqlite, coordinator killed (-9) after 40% completed",
     "size: nodes submitted with no worker connected, so all stay READY (pending work)",
+    "floor: bare grpc.aio, one message each way per round trip over the streams workload's "
+    "streams and processes, nothing else done; nodes/s = round trips/s",
 ]
 
 
@@ -110,6 +112,21 @@ def _run_hivegrid(
         )
         rows.append(row)
     return rows
+
+
+def _run_floor(s: dict[str, int], timeout: float) -> dict[str, Any]:
+    from . import floor
+
+    row = _row("floor", f"{s['streams']} streams / {s['processes']} procs", "grpc.aio")
+    print(f"  {'grpc.aio':16} {'floor':9} {row['variant']} ...", end="", flush=True)
+    started = time.monotonic()
+    try:
+        row.update(floor.measure(s["streams"], s["processes"], s["nodes"], timeout))
+    except Exception as exc:
+        row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+    row["wall_s"] = time.monotonic() - started
+    print(f" {'ok' if row['ok'] else 'FAILED: ' + row['error']} ({row['wall_s']:.1f} s)")
+    return row
 
 
 def _run_peer(
@@ -189,6 +206,8 @@ def run(
     log_dir = Path(tempfile.mkdtemp(prefix="hivegrid-bench-logs-"))
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
+    if "floor" in workloads:
+        rows.append(_run_floor(sizes["streams"], sizes["timeout_s"]))
     for system in systems:
         if system in HIVEGRID:
             rows += _run_hivegrid(system, workloads, sizes, impl, log_dir)

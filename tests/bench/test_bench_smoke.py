@@ -59,3 +59,31 @@ def test_quick_fanout_and_chain_on_memory(tmp_path: Path) -> None:
     assert env_doc["grpcio"] and env_doc["cores"] >= 1
     assert doc["stores"] == ["memory"]
     assert {t["target"] for t in doc["targets"]} >= {"chain hop p50 memory (ms)"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_streams_are_reported_against_the_transport_floor(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench", "--quick", "--workloads", "streams", "floor"),
+            *("--systems", "hivegrid-memory", "--set", "streams.nodes=200"),
+            *("--set", "streams.streams=10", "--set", "streams.processes=1"),
+            *("--out", str(out)),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["workload"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"floor", "streams"}
+    floor, streams = rows["floor"], rows["streams"]
+    assert floor["ok"] and floor["system"] == "grpc.aio", floor
+    assert (floor["streams"], floor["nodes"]) == (10, 200)
+    assert streams["ok"] and streams["nodes"] == 200, streams
+    assert streams["share_of_floor"] == streams["throughput"] / floor["throughput"]
