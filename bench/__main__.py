@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", nargs="+", choices=SYSTEMS, default=None)
     p.add_argument(
         "--worker",
-        choices=("sdk", "raw", "auto"),
+        choices=("sdk", "raw", "go", "auto"),
         default="auto",
-        help="worker processes: the Python SDK, the hand-written protocol client, or the SDK "
-        "when importable (default)",
+        help="worker processes: the Python SDK, the hand-written Python protocol client, the Go "
+        "SDK (sdks/go/bin/bench-worker), or the Python SDK when importable (default)",
     )
     p.add_argument(
         "--set",

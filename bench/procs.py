@@ -19,6 +19,8 @@ from typing import IO
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Go SDK's benchmark worker (`make -C sdks/go build`), for `--worker go`.
+GO_WORKER = ROOT / "sdks" / "go" / "bin" / "bench-worker"
 LISTEN_PREFIX = "hivegrid coordinator listening on "
 
 
@@ -160,11 +162,14 @@ class WorkerProcs:
         self.procs: list[subprocess.Popen[str]] = []
         self.ready: list[dict[str, object]] = []
         log = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        program = [str(GO_WORKER)] if impl == "go" else [sys.executable, "-m", "bench.hg_worker"]
+        if impl == "go" and not GO_WORKER.exists():
+            raise RuntimeError(f"{GO_WORKER} is missing: run `make -C sdks/go build`")
         for i in range(count):
             self.procs.append(
                 subprocess.Popen(
                     [
-                        *(sys.executable, "-m", "bench.hg_worker", "--coordinator", address),
+                        *(*program, "--coordinator", address),
                         *("--streams", str(streams), "--slots", str(slots), "--impl", impl),
                         *("--name", f"bench-w{i}"),
                     ],
