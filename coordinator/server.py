@@ -9,6 +9,7 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,26 @@ from .service import RunServicer, WorkerServicer
 from .store import StoreError, default_store_url, open_store
 
 log = logging.getLogger("hivegrid.coordinator")
+
+
+class _AfterRecovery(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped in the stubs
+    """Holds every call but health checks and reflection until recovery is over. The port is
+    open from the start, so workers that reconnect while the log replays are served the moment
+    it is done, rather than at their next backoff step, and client calls wait instead of
+    failing."""
+
+    def __init__(self, ready: asyncio.Event, exempt: tuple[str, ...]) -> None:
+        self._ready = ready
+        self._exempt = exempt
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if not self._ready.is_set() and not handler_call_details.method.startswith(self._exempt):
+            await self._ready.wait()
+        return await continuation(handler_call_details)
 
 
 class Coordinator:
@@ -46,15 +67,21 @@ class Coordinator:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        await self.runtime.start()
+        """Opens the port, recovers from the store, then serves (see `_AfterRecovery`)."""
+        ready = asyncio.Event()
+        exempt = (
+            "/" + health_pb2.DESCRIPTOR.services_by_name["Health"].full_name + "/",
+            "/grpc.reflection.",
+        )
         server = self._server = grpc.aio.server(
+            interceptors=[_AfterRecovery(ready, exempt)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.runtime), server)
         run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runtime), server)
@@ -73,6 +100,14 @@ class Coordinator:
         host = self.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         await server.start()
+        for name in ("", *services[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            await self.runtime.start()
+        except BaseException:
+            await server.stop(None)
+            raise
+        ready.set()
         for name in ("", *services[:2]):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
 
-from .harness import Client, RawWorker, node, states
+from .harness import WAIT, Client, RawWorker, node, states
 
 
 def test_restart_replays_the_log_and_the_run_completes(tmp_path: Path) -> None:
@@ -233,3 +238,55 @@ def test_snapshots_are_spaced_by_the_size_of_the_state(tmp_path: Path) -> None:
     assert asyncio.run(scenario(runs=1, nodes_per_run=40)) <= 1
     # Ten runs of one node: about 40 events while the state grows from 1 to 10 nodes.
     assert asyncio.run(scenario(runs=10, nodes_per_run=1)) >= 2
+
+
+def test_calls_made_while_the_log_replays_wait_and_are_served(tmp_path: Path) -> None:
+    """The port opens before recovery: health says NOT_SERVING, and a client call or a worker's
+    Hello made meanwhile is answered once replay is done, instead of failing UNAVAILABLE."""
+    url = f"sqlite:///{tmp_path}/hg.db"
+
+    async def first_life() -> str:
+        async with Coordinator(store_url=url) as c:
+            client = Client(c.address)
+            run_id = await client.submit(node("a"), node("b", deps=["a"]))
+            await client.close()
+            return run_id
+
+    run_id = asyncio.run(first_life())
+    entered, release = threading.Event(), threading.Event()
+
+    async def second_life() -> None:
+        c = Coordinator(store_url=url)
+        replay = c.runtime.store.replay
+
+        def gated(after: int = 0) -> Iterator[bytes]:
+            entered.set()
+            release.wait(WAIT)
+            yield from replay(after)
+
+        c.runtime.store.replay = gated  # type: ignore[method-assign]
+        starting = asyncio.create_task(c.start())
+        assert await asyncio.to_thread(entered.wait, WAIT), "recovery never began"
+        address = c.address  # bound before recovery began
+        async with grpc.aio.insecure_channel(address) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            status = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=WAIT)
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            client = Client(address)
+            pending_get = asyncio.create_task(client.get(run_id))
+            worker = RawWorker(address, slots=1)
+            pending_hello = asyncio.create_task(worker.connect())
+            release.set()
+            await asyncio.wait_for(starting, WAIT)
+            got = await asyncio.wait_for(pending_get, WAIT)
+            assert states(got) == {"a": "READY", "b": "PENDING"}
+            await asyncio.wait_for(pending_hello, WAIT)
+            (a,) = await worker.take()
+            assert a.ref.node_id == "a"
+            status = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=WAIT)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            await worker.drop()
+            await client.close()
+        await c.stop()
+
+    asyncio.run(second_life())
