@@ -402,13 +402,7 @@ class Runtime:
                 payload=res,
             )
             acks.append(wpb.Ack(ref=ref, status=int(status), message=message))  # type: ignore[arg-type]
-        self._flush()
-
-        def send_acks() -> None:
-            link.acks.extend(acks)
-            link.wake.set()
-
-        self.journal.after_commit(send_acks)
+        self._flush(link, acks)
 
     def on_progress(self, link: Link, items: Iterable[wpb.Progress]) -> None:
         now = self.clock()
@@ -431,14 +425,15 @@ class Runtime:
 
     # --- carrying out the outbox ---------------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, link: Link | None = None, acks: list[wpb.Ack] | None = None) -> None:
+        """Carries out the core's outbox; `acks` (for `link`) go out with the same commit."""
         core = self.core
         core.dispatch()
         records, assignments, cancels = core.take_outbox()
+        events: list[rpb.RunEvent] = []
         if records:
             now = self.clock()
             rows = []
-            events = []
             runs = core.runs
             for rec in records:
                 run = runs[rec.run_id]
@@ -453,19 +448,35 @@ class Runtime:
                 self._snapshot_due = max(self.snapshot_every, 2 * size)
                 if self._since_snapshot >= self._snapshot_due:
                     self.take_snapshot()
-            # Always: a watcher may subscribe between this append and its commit.
-            self.journal.after_commit(lambda: self._publish(events))
-        if assignments or cancels:
-            if records:
-                # Work goes out once the events that started it are durable, together with the
-                # acks of the same commit: one write per worker carries both, and a worker never
-                # holds an assignment the log does not know. If the log cannot be written,
-                # nothing more is started: after a restart, the coordinator carries on from what
-                # was durable.
-                self.journal.after_commit(lambda: self._deliver(assignments, cancels))
-            else:
-                self._deliver(assignments, cancels)
+        if records or acks:
+            # Work goes out once the events that started it are durable, together with the
+            # acks of the same commit: one write per worker carries both, and a worker never
+            # holds an assignment the log does not know. If the log cannot be written, nothing
+            # more is started: after a restart, the coordinator carries on from what was
+            # durable. Watchers see events once durable too (always registered: a watcher may
+            # subscribe between this append and its commit).
+            self.journal.after_commit(
+                lambda: self._committed(events, assignments, cancels, link, acks)
+            )
+        elif assignments or cancels:
+            self._deliver(assignments, cancels)
         self._arm_timer()
+
+    def _committed(
+        self,
+        events: list[rpb.RunEvent],
+        assignments: list[Assignment],
+        cancels: list[CancelOrder],
+        link: Link | None,
+        acks: list[wpb.Ack] | None,
+    ) -> None:
+        if events:
+            self._publish(events)
+        if assignments or cancels:
+            self._deliver(assignments, cancels)
+        if link is not None and acks:
+            link.acks.extend(acks)
+            link.wake.set()
 
     def _deliver(self, assignments: list[Assignment], cancels: list[CancelOrder]) -> None:
         links = self.links
