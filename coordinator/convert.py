@@ -10,7 +10,8 @@ from hivegrid.v1 import run_pb2 as rpb
 from . import core
 from .core import graph as core_graph
 
-_DEFAULT_RETRY = core.RetryPolicy()
+# The core's own instance: its checks skip it by identity.
+_DEFAULT_RETRY = core.DEFAULT_RETRY
 
 
 def retry_from_pb(msg: gpb.RetryPolicy) -> core.RetryPolicy:

@@ -6,6 +6,7 @@ only caller.
 """
 
 from .model import (
+    DEFAULT_RETRY,
     AckStatus,
     AddEdge,
     AddNode,
@@ -32,6 +33,7 @@ from .scheduler import Assignment, CancelOrder, Core, Record, RestoredNode, Sess
 from .validate import validate
 
 __all__ = [
+    "DEFAULT_RETRY",
     "AckStatus",
     "AddEdge",
     "AddNode",

@@ -61,11 +61,13 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.0
 
-    def check(self, where: str) -> None:
+    def problem(self) -> str:
+        """What is wrong with the policy, or ""."""
         if not 0.0 <= self.jitter <= 1.0:
-            raise GraphError(f"{where}: retry.jitter must be between 0 and 1, got {self.jitter}")
+            return f"retry.jitter must be between 0 and 1, got {self.jitter}"
         if self.initial_backoff_s < 0 or self.max_backoff_s < 0 or self.multiplier < 0:
-            raise GraphError(f"{where}: retry backoffs and multiplier must not be negative")
+            return "retry backoffs and multiplier must not be negative"
+        return ""
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from .graph import Node, Run, is_ancestor_free
 from .model import (
+    DEFAULT_RETRY,
     NOT_STARTED,
     TERMINAL,
     AddEdge,
@@ -38,17 +39,31 @@ DISCARDED_ERROR = NodeError("speculative node discarded", kind="skipped")
 
 
 def check_spec(spec: NodeSpec, where: str) -> None:
+    problem = spec_problem(spec)
+    if problem:
+        raise GraphError(f"{where}: {problem}")
+
+
+def spec_problem(spec: NodeSpec) -> str:
+    """What is wrong with a node on its own, or "". Formats nothing for a good node: a large
+    submission checks every node."""
     if not spec.id:
-        raise GraphError(f"{where}: node id must not be empty")
+        return "node id must not be empty"
     if not spec.agent:
-        raise GraphError(f"{where}: node {spec.id!r} has no agent")
+        return f"node {spec.id!r} has no agent"
     if spec.timeout_s < 0:
-        raise GraphError(f"{where}: node {spec.id!r}: timeout_s must not be negative")
-    if len(set(spec.depends_on)) != len(spec.depends_on):
-        raise GraphError(f"{where}: node {spec.id!r} lists a dependency twice")
-    if spec.id in spec.depends_on:
-        raise GraphError(f"{where}: node {spec.id!r} depends on itself (cycle)")
-    spec.retry.check(f"{where}: node {spec.id!r}")
+        return f"node {spec.id!r}: timeout_s must not be negative"
+    deps = spec.depends_on
+    if deps:
+        if len(set(deps)) != len(deps):
+            return f"node {spec.id!r} lists a dependency twice"
+        if spec.id in deps:
+            return f"node {spec.id!r} depends on itself (cycle)"
+    if spec.retry is not DEFAULT_RETRY:
+        problem = spec.retry.problem()
+        if problem:
+            return f"node {spec.id!r}: {problem}"
+    return ""
 
 
 class _View:
@@ -173,7 +188,9 @@ class _View:
         if m.priority is not None:
             changes["priority"] = m.priority
         if m.retry is not None:
-            m.retry.check(what)
+            problem = m.retry.problem()
+            if problem:
+                raise GraphError(f"{what}: {problem}")
             changes["retry"] = m.retry
         if m.timeout_s is not None:
             if m.timeout_s < 0:

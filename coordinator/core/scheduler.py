@@ -683,31 +683,37 @@ def _check_graph(specs: Sequence[NodeSpec], limits: RunLimits) -> None:
     if len(specs) > limits.max_nodes:
         raise GraphError(f"{len(specs)} nodes is over the run's limit of {limits.max_nodes}")
     ids: set[str] = set()
+    spec_problem = mutation_batch.spec_problem
+    with_deps: list[NodeSpec] = []
     for index, spec in enumerate(specs):
-        mutation_batch.check_spec(spec, f"node {index + 1}")
+        problem = spec_problem(spec)
+        if problem:
+            raise GraphError(f"node {index + 1}: {problem}")
         if spec.id in ids:
             raise GraphError(f"duplicate node id {spec.id!r}")
         ids.add(spec.id)
-    for spec in specs:
+        if spec.depends_on:
+            with_deps.append(spec)
+    for spec in with_deps:
         for dep in spec.depends_on:
             if dep not in ids:
                 raise GraphError(f"node {spec.id!r} depends on unknown node {dep!r}")
-    # Kahn's algorithm: whatever is left unvisited sits on a cycle.
-    waiting = {s.id: len(s.depends_on) for s in specs}
-    dependents: dict[str, list[str]] = {s.id: [] for s in specs}
-    for spec in specs:
+    # Kahn's algorithm over the nodes with edges: whatever is left unresolved sits on a cycle.
+    # A graph without edges (a fanout) has none to look at.
+    waiting = {s.id: len(s.depends_on) for s in with_deps}
+    dependents: dict[str, list[str]] = {}
+    for spec in with_deps:
         for dep in spec.depends_on:
-            dependents[dep].append(spec.id)
-    stack = [i for i, n in waiting.items() if n == 0]
-    seen = 0
+            dependents.setdefault(dep, []).append(spec.id)
+    stack = [i for i in dependents if i not in waiting]
+    resolved = 0
     while stack:
-        cur = stack.pop()
-        seen += 1
-        for d in dependents[cur]:
+        for d in dependents.get(stack.pop(), ()):
             waiting[d] -= 1
             if waiting[d] == 0:
+                resolved += 1
                 stack.append(d)
-    if seen != len(specs):
+    if resolved != len(waiting):
         on_cycle = sorted(i for i, n in waiting.items() if n > 0)[:5]
         raise GraphError(f"the graph has a cycle through {', '.join(map(repr, on_cycle))}")
 
