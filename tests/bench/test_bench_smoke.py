@@ -9,22 +9,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_quick_fanout_and_chain_on_memory(tmp_path: Path) -> None:
+def quick_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Runs `python -m bench --quick ARGS` on the memory store; returns the JSON it wrote."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "bench", "--quick", "--workloads", "fanout", "chain"),
-            *("--systems", "hivegrid-memory", "--set", "fanout=200", "--set", "chain=30"),
-            *("--out", str(out)),
+            *(sys.executable, "-m", "bench", "--quick", "--systems", "hivegrid-memory"),
+            *(*args, "--out", str(out)),
         ],
         cwd=ROOT,
         env=env,
@@ -33,7 +32,16 @@ def test_quick_fanout_and_chain_on_memory(tmp_path: Path) -> None:
         timeout=110,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_fanout_and_chain_on_memory(tmp_path: Path) -> None:
+    doc = quick_bench(
+        tmp_path, "--workloads", "fanout", "chain", "--set", "fanout=200", "--set", "chain=30"
+    )
 
     rows = doc["results"]
     assert [(r["workload"], r["variant"]) for r in rows] == [
@@ -64,23 +72,12 @@ def test_quick_fanout_and_chain_on_memory(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_streams_are_reported_against_the_transport_floor(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench", "--quick", "--workloads", "streams", "floor"),
-            *("--systems", "hivegrid-memory", "--set", "streams.nodes=200"),
-            *("--set", "streams.streams=10", "--set", "streams.processes=1"),
-            *("--out", str(out)),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    doc = quick_bench(
+        tmp_path,
+        *("--workloads", "streams", "floor", "--set", "streams.nodes=200"),
+        *("--set", "streams.streams=10", "--set", "streams.processes=1"),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {r["workload"]: r for r in json.loads(out.read_text())["results"]}
+    rows = {r["workload"]: r for r in doc["results"]}
     assert set(rows) == {"floor", "streams"}
     floor, streams = rows["floor"], rows["streams"]
     assert floor["ok"] and floor["system"] == "grpc.aio", floor

@@ -199,14 +199,6 @@ func TestUnackedResultsResentInBatchesAfterReconnect(t *testing.T) {
 	s.Kill()
 
 	s = c.NextSession(t)
-	heldNodes := func(h *pb.Hello) []string {
-		var ids []string
-		for _, r := range h.GetHeld() {
-			ids = append(ids, r.GetNodeId())
-		}
-		slices.Sort(ids)
-		return ids
-	}
 	if got := heldNodes(s.Hello); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("held %v, want a b c", got)
 	}
@@ -255,12 +247,7 @@ func TestReconnectHoldsRunningAndResendsUnacked(t *testing.T) {
 	s.Kill()
 
 	s = c.NextSession(t)
-	var held []string
-	for _, r := range s.Hello.GetHeld() {
-		held = append(held, r.GetNodeId())
-	}
-	slices.Sort(held)
-	if !slices.Equal(held, []string{"busy", "done"}) {
+	if held := heldNodes(s.Hello); !slices.Equal(held, []string{"busy", "done"}) {
 		t.Fatalf("held %v, want busy and done", held)
 	}
 	s.Welcome(nil)
@@ -356,12 +343,7 @@ func TestPushHandlesAcksThenCancelsThenAssignments(t *testing.T) {
 	// The ack was handled: the worker forgot done, and still holds the two unacked results.
 	s.Kill()
 	s = c.NextSession(t)
-	var held []string
-	for _, r := range s.Hello.GetHeld() {
-		held = append(held, r.GetNodeId())
-	}
-	slices.Sort(held)
-	if !slices.Equal(held, []string{"busy", "fresh"}) {
+	if held := heldNodes(s.Hello); !slices.Equal(held, []string{"busy", "fresh"}) {
 		t.Fatalf("held %v after the ack of done, want busy and fresh", held)
 	}
 }
@@ -650,4 +632,14 @@ func TestAttemptsNotKeptAfterReconnectAreCancelled(t *testing.T) {
 	if res, _ = s.Results(t, 1); res[0].GetRef().GetNodeId() != "kept" || res[0].GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
 		t.Fatalf("kept attempt answered %v", res[0])
 	}
+}
+
+// heldNodes lists the node ids of a Hello's held refs, sorted.
+func heldNodes(h *pb.Hello) []string {
+	var ids []string
+	for _, r := range h.GetHeld() {
+		ids = append(ids, r.GetNodeId())
+	}
+	slices.Sort(ids)
+	return ids
 }
