@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 # Bumped when the layout changes incompatibly; a newer file is refused, never misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreError(RuntimeError):

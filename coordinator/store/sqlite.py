@@ -3,6 +3,10 @@
 Durability: `synchronous=NORMAL` in WAL mode makes every committed transaction survive a kill of
 the process (the OS has the pages); a power cut may lose the last transactions, never corrupt
 the file. Set `HIVEGRID_SQLITE_SYNC=FULL` to fsync every commit and survive power cuts too.
+
+Layout (schema 2): one row per run per commit, holding that commit's events of the run as an
+`EventBatch` with the seq range it covers. Schema 1 had a row per event, which cost more than the
+events did (1.7 us a row); a schema-1 file is migrated in place when first opened.
 """
 
 from __future__ import annotations
@@ -10,22 +14,36 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from hivegrid.storage.v1.storage_pb2 import EventBatch
 
 from .base import SCHEMA_VERSION, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS batches (
   id INTEGER PRIMARY KEY,
   run_id TEXT NOT NULL,
-  seq INTEGER NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
   data BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_run_seq ON events (run_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS batches_run_seq ON batches (run_id, first_seq);
 CREATE TABLE IF NOT EXISTS snapshots (position INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+
+# Schema 1 -> 2: every event row becomes a batch of one and keeps its id (snapshot positions
+# are ids).
+_MIGRATE_FROM_1 = (
+    "INSERT INTO batches (id, run_id, first_seq, last_seq, data) "
+    "SELECT id, run_id, seq, seq, hivegrid_batch_of_one(data) FROM events ORDER BY id",
+    "DROP TABLE events",
+    "UPDATE meta SET value='2' WHERE key='schema_version'",
+)
 
 
 class SqliteStore:
@@ -59,6 +77,8 @@ class SqliteStore:
                 conn.execute(
                     "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
+            elif int(row[0]) == 1:
+                self._migrate_from_1(conn)
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} was written by a newer Hivegrid (store schema {row[0]}, this "
@@ -75,14 +95,45 @@ class SqliteStore:
             ) from exc
         return epoch
 
+    @staticmethod
+    def _migrate_from_1(conn: sqlite3.Connection) -> None:
+        def batch_of_one(data: bytes) -> bytes:
+            return EventBatch(events=[data]).SerializeToString()
+
+        conn.create_function("hivegrid_batch_of_one", 1, batch_of_one, deterministic=True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATE_FROM_1:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     def append(self, rows: list[tuple[str, int, bytes]], snapshot: bytes | None = None) -> None:
         conn = self._write
         assert conn is not None, "open() first"
+        # Consecutive events of one run share a batch, so the log keeps the append order.
+        batches: list[tuple[str, int, int, bytes]] = []
+        run_id, first, last, events = "", 0, 0, []
+        for rid, seq, data in rows:
+            if rid == run_id and seq == last + 1:
+                events.append(data)
+                last = seq
+                continue
+            if events:
+                batches.append((run_id, first, last, EventBatch(events=events).SerializeToString()))
+            run_id, first, last, events = rid, seq, seq, [data]
+        if events:
+            batches.append((run_id, first, last, EventBatch(events=events).SerializeToString()))
         try:
             conn.execute("BEGIN")
-            conn.executemany("INSERT INTO events (run_id, seq, data) VALUES (?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO batches (run_id, first_seq, last_seq, data) VALUES (?, ?, ?, ?)",
+                batches,
+            )
             if snapshot is not None:
-                (position,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+                (position,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM batches").fetchone()
                 # Only the newest snapshot is ever read: keep one.
                 conn.execute("DELETE FROM snapshots")
                 conn.execute("INSERT INTO snapshots VALUES (?, ?)", (position, snapshot))
@@ -104,20 +155,28 @@ class SqliteStore:
 
     def replay(self, after: int = 0) -> Iterator[bytes]:
         conn = self._reader()
-        cur = conn.execute("SELECT data FROM events WHERE id > ? ORDER BY id", (after,))
+        cur = conn.execute("SELECT id, data FROM batches WHERE id > ? ORDER BY id", (after,))
         while True:
-            rows = cur.fetchmany(4096)
+            rows = cur.fetchmany(256)
             if not rows:
                 return
-            for (data,) in rows:
-                yield data
+            for position, data in rows:
+                yield from _events(position, data)
 
     def read(self, run_id: str, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
         conn = self._reader()
-        return conn.execute(
-            "SELECT seq, data FROM events WHERE run_id=? AND seq>=? ORDER BY seq LIMIT ?",
-            (run_id, from_seq, limit),
-        ).fetchall()
+        cur = conn.execute(
+            "SELECT first_seq, data FROM batches WHERE run_id=? AND last_seq>=? ORDER BY first_seq",
+            (run_id, from_seq),
+        )
+        out: list[tuple[int, bytes]] = []
+        for first, data in cur:
+            events = _events(-1, data)
+            for i in range(max(0, from_seq - first), len(events)):
+                out.append((first + i, events[i]))
+                if len(out) == limit:
+                    return out
+        return out
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -129,6 +188,17 @@ class SqliteStore:
         if self._write is not None:
             self._write.close()
             self._write = None
+
+
+def _events(position: int, data: bytes) -> Sequence[bytes]:
+    try:
+        return EventBatch.FromString(data).events
+    except DecodeError as exc:
+        where = f"the batch at log position {position}" if position >= 0 else "a batch"
+        raise StoreError(
+            f"the event log is damaged: {where} cannot be read ({exc}); restore the store from "
+            "a backup, or move it aside to start empty"
+        ) from exc
 
 
 __all__ = ["SqliteStore"]

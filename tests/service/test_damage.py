@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.server import Coordinator
 from coordinator.store import StoreError
+from hivegrid.storage.v1.storage_pb2 import EventBatch
 from hivegrid.v1 import graph_pb2 as gpb
 
 from .harness import Client, RawWorker, node
@@ -46,10 +47,24 @@ def _edit(path: Path, sql: str) -> None:
         conn.execute(sql)
 
 
-def test_corrupt_tail_is_detected_and_named(tmp_path: Path) -> None:
+_LAST_BATCH = "(SELECT MAX(id) FROM batches)"
+
+
+def test_an_unreadable_batch_is_detected_and_named(tmp_path: Path) -> None:
     path = tmp_path / "hg.db"
     _make_log(f"sqlite:///{path}")
-    _edit(path, "UPDATE events SET data = x'ffffffff0a' WHERE id = (SELECT MAX(id) FROM events)")
+    _edit(path, f"UPDATE batches SET data = x'ffffffff0a' WHERE id = {_LAST_BATCH}")
+    with pytest.raises(
+        StoreError, match=r"event log is damaged: the batch at log position \d+ cannot be read"
+    ):
+        _start(f"sqlite:///{path}")
+
+
+def test_an_unreadable_event_is_detected_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "hg.db"
+    _make_log(f"sqlite:///{path}")
+    garbage = EventBatch(events=[b"\xff\xff\xff\xff\x0a"]).SerializeToString()
+    _edit(path, f"UPDATE batches SET data = x'{garbage.hex()}' WHERE id = {_LAST_BATCH}")
     with pytest.raises(StoreError, match=r"event log is damaged: event \d+ cannot be read"):
         _start(f"sqlite:///{path}")
 
@@ -57,8 +72,8 @@ def test_corrupt_tail_is_detected_and_named(tmp_path: Path) -> None:
 def test_missing_events_are_detected(tmp_path: Path) -> None:
     path = tmp_path / "hg.db"
     _make_log(f"sqlite:///{path}")
-    _edit(path, "DELETE FROM events WHERE seq = 3")
-    with pytest.raises(StoreError, match="jumps from event 2 to 4"):
+    _edit(path, "DELETE FROM batches WHERE first_seq <= 3 AND last_seq >= 3")
+    with pytest.raises(StoreError, match=r"jumps from event [12] to [4-9]"):
         _start(f"sqlite:///{path}")
 
 
