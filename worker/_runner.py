@@ -25,7 +25,7 @@ import logging
 import random
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -326,7 +326,7 @@ class Runner:
         job: asyncio.Future[Any]
         if is_async:
             try:
-                job = self.loop.create_task(fn(ctx))
+                job = self.loop.create_task(self._drive(ctx, fn(ctx)))
             except Exception as exc:  # the function raised before returning its coroutine
                 job = self.loop.create_future()
                 job.set_exception(exc)
@@ -337,24 +337,48 @@ class Runner:
         ctx._job = job
         job.add_done_callback(ctx._on_done)
 
+    async def _drive(self, ctx: Context, coro: Awaitable[Any]) -> None:
+        """Runs an async agent and answers for it in the task step that sees it end, so the
+        answer is queued one event-loop turn sooner than from the done callback (which stays,
+        for a task cancelled before it ever ran)."""
+        try:
+            value = await coro
+        except asyncio.CancelledError:
+            self._finish(ctx, None, None, cancelled=True)
+            raise
+        except Exception as exc:
+            self._finish(ctx, None, exc)
+        else:
+            self._finish(ctx, value, None)
+
     def finish(self, ctx: Context, job: asyncio.Future[Any]) -> None:
-        """The done callback of an agent's task: encodes its answer."""
+        """The done callback of an agent's job: encodes its answer, unless already done."""
+        if ctx._key not in self._running:
+            return
+        if job.cancelled():
+            self._finish(ctx, None, None, cancelled=True)
+        elif (exc := job.exception()) is not None:
+            self._finish(ctx, None, exc)
+        else:
+            self._finish(ctx, job.result(), None)
+
+    def _finish(
+        self, ctx: Context, value: Any, exc: BaseException | None, *, cancelled: bool = False
+    ) -> None:
         key = ctx._key
         if self._running.pop(key, None) is None:
             return
-        if job.cancelled():
+        if cancelled:
             item = _codec.cancelled(ctx._serialized_ref())
+        elif exc is None and not (ctx._sync and ctx._cancelled):
+            item = self._succeeded(ctx, value)
+        elif ctx._cancelled or exc is None:
+            item = _codec.cancelled(ctx._serialized_ref())
+        elif isinstance(exc, NonRetryableError):
+            item = _codec.failed(ctx.ref, _message(exc), retryable=False, kind="agent")
         else:
-            exc = job.exception()
-            if exc is None and not (ctx._sync and ctx._cancelled):
-                item = self._succeeded(ctx, job.result())
-            elif ctx._cancelled or exc is None:
-                item = _codec.cancelled(ctx._serialized_ref())
-            elif isinstance(exc, NonRetryableError):
-                item = _codec.failed(ctx.ref, _message(exc), retryable=False, kind="agent")
-            else:
-                log.warning("agent %s failed on %r", ctx.agent, ctx, exc_info=exc)
-                item = _codec.failed(ctx.ref, _message(exc), retryable=True, kind="agent")
+            log.warning("agent %s failed on %r", ctx.agent, ctx, exc_info=exc)
+            item = _codec.failed(ctx.ref, _message(exc), retryable=True, kind="agent")
         self._answer(key, item)
         if self._queued and len(self._running) < self._slots:
             self._start(self._queued.popleft())
