@@ -538,9 +538,16 @@ class Runtime:
     async def _reap(self) -> None:
         """Ends sessions that went silent past the session timeout."""
         interval = min(self.heartbeat_interval_s, self.session_timeout_s / 3)
+        due = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            cutoff = time.monotonic() - self.session_timeout_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            now = time.monotonic()
+            # If this round runs late, the event loop was busy (a very large submit, a
+            # snapshot): what workers sent meanwhile is still unread, so that much of their
+            # silence is the coordinator's own, not theirs.
+            late = now - due
+            due = now + interval
+            cutoff = now - self.session_timeout_s - late
             for link in list(self.links.values()):
                 if link.last_seen < cutoff:
                     log.warning(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import grpc
 import pytest
@@ -299,5 +300,31 @@ def test_health_and_reflection_are_served() -> None:
             for name in ("", "hivegrid.v1.RunService", "hivegrid.v1.WorkerService"):
                 resp = await health.Check(health_pb2.HealthCheckRequest(service=name))
                 assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    asyncio.run(scenario())
+
+
+def test_a_blocked_event_loop_does_not_expire_live_sessions() -> None:
+    """Silence the coordinator caused itself (its event loop blocked past the session timeout,
+    as a very large submit can) does not count against its workers."""
+
+    async def scenario() -> None:
+        async with Coordinator(heartbeat_interval_s=0.1, session_timeout_s=0.3) as c:
+            w = await RawWorker(c.address).connect()
+
+            async def heartbeats() -> None:
+                while True:
+                    w.send(wpb.ConnectRequest(heartbeat=wpb.Heartbeat()))
+                    await asyncio.sleep(0.05)
+
+            beating = asyncio.create_task(heartbeats())
+            (session_id,) = c.runtime.links
+            time.sleep(1.0)  # noqa: ASYNC251 - the stimulus: block the loop for 3 session timeouts
+            for _ in range(10):  # the reaper's overdue round runs within a few loop turns
+                await asyncio.sleep(0)
+            assert session_id in c.runtime.links
+            assert not w.ended.is_set()
+            beating.cancel()
+            await w.close()
 
     asyncio.run(scenario())
