@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
@@ -33,6 +34,7 @@ from .core import (
     GraphError,
     NodeState,
     Outcome,
+    PreparedRun,
     Record,
     RunLimits,
     RunState,
@@ -47,7 +49,32 @@ MAX_BATCH = 512
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ASSIGN_CHUNK = 256
 _WATCH_PAGE = 1000
+# Graphs up to this many nodes are built on the event loop: a thread costs more than that.
+_BUILD_INLINE_MAX = 2_000
 _WATCH_BATCH = 256
+
+
+class _GcPause:
+    """Pauses the cyclic GC while any holder is inside; graphs built in threads may overlap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                gc.disable()
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                gc.enable()
+
+
+_GC_PAUSE = _GcPause()
 
 
 class Link:
@@ -151,11 +178,8 @@ class Runtime:
         started = time.perf_counter()
         # As in `submit`: rebuilding graphs creates nothing collectable, and collections in
         # the middle would rescan everything built so far (1.7x slower at 100,000 nodes).
-        gc.disable()
-        try:
+        with _GC_PAUSE:
             count = await asyncio.to_thread(self._recover)
-        finally:
-            gc.enable()
         if count:
             self.core.expire_all_leases(reason="coordinator restarted", now=self.clock())
             log.info("replayed %d events in %.2f s", count, time.perf_counter() - started)
@@ -205,28 +229,38 @@ class Runtime:
             await asyncio.wait([done], timeout=1.0)
         self.journal.check()
 
-    def submit(self, req: rpb.SubmitRunRequest) -> str:
+    async def submit(self, req: rpb.SubmitRunRequest) -> str:
         self.journal.check()
+        core = self.core
         run_id = req.run_id or "r-" + os.urandom(6).hex()
+        if run_id in core.runs:
+            raise GraphError(f"run {run_id!r} already exists")
         limits = convert.limits_from_pb(req.limits, self.limits)
         seed = int.from_bytes(os.urandom(8), "little") >> 1
-        payload = rpb.RunSubmitted(nodes=req.nodes, limits=req.limits, name=req.name, seed=seed)
-        # Building a large graph allocates hundreds of thousands of objects and nothing
-        # collectable: collections in the middle would only rescan them (2.7x slower at 100,000).
-        gc.disable()
-        try:
-            specs = convert.specs_for_submit(req.nodes)
-            self.core.submit_run(
-                run_id,
-                specs,
-                limits=limits,
-                name=req.name,
-                seed=seed,
-                now=self.clock(),
-                payload=payload,
-            )
-        finally:
-            gc.enable()
+        now = self.clock()
+
+        def build() -> tuple[PreparedRun, rpb.RunSubmitted]:
+            # Building a large graph allocates hundreds of thousands of objects and nothing
+            # collectable: collections in the middle would only rescan them (2.7x slower at
+            # 100,000 nodes).
+            with _GC_PAUSE:
+                payload = rpb.RunSubmitted(
+                    nodes=req.nodes, limits=req.limits, name=req.name, seed=seed
+                )
+                specs = convert.specs_for_submit(req.nodes)
+                prepared = core.prepare_run(
+                    run_id, specs, limits=limits, name=req.name, seed=seed, now=now
+                )
+            return prepared, payload
+
+        # A large graph is built in a thread, so that the event loop keeps serving every other
+        # run and every worker meanwhile (building takes 0.39 s per 100,000 nodes).
+        if len(req.nodes) > _BUILD_INLINE_MAX:
+            prepared, payload = await asyncio.to_thread(build)
+            self.journal.check()
+        else:
+            prepared, payload = build()
+        core.install_run(prepared, now=self.clock(), payload=payload)
         self._flush()
         return run_id
 

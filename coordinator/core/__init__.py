@@ -29,7 +29,15 @@ from .model import (
     RunState,
     SplitNode,
 )
-from .scheduler import Assignment, CancelOrder, Core, Record, RestoredNode, Session
+from .scheduler import (
+    Assignment,
+    CancelOrder,
+    Core,
+    PreparedRun,
+    Record,
+    RestoredNode,
+    Session,
+)
 from .validate import validate
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "NodeSpec",
     "NodeState",
     "Outcome",
+    "PreparedRun",
     "PruneSubgraph",
     "Record",
     "RemoveEdge",

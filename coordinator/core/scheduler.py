@@ -165,6 +165,13 @@ class CancelOrder:
         self.reason = reason
 
 
+class PreparedRun(NamedTuple):
+    """A run built by `Core.prepare_run`, not yet live."""
+
+    run: Run
+    ready: list[Node]
+
+
 class Core:
     def __init__(self, *, lease_epoch: int, default_limits: RunLimits | None = None) -> None:
         self.runs: dict[str, Run] = {}
@@ -200,9 +207,26 @@ class Core:
 
         `checked=True` skips the graph checks, for a replay of a graph that passed them when
         it was submitted."""
-        self.now = now
         if run_id in self.runs:
             raise GraphError(f"run {run_id!r} already exists")
+        prepared = self.prepare_run(
+            run_id, specs, limits=limits, name=name, seed=seed, now=now, checked=checked
+        )
+        return self.install_run(prepared, now=now, payload=payload)
+
+    def prepare_run(
+        self,
+        run_id: str,
+        specs: Sequence[NodeSpec],
+        *,
+        limits: RunLimits | None,
+        name: str,
+        seed: int,
+        now: float,
+        checked: bool = False,
+    ) -> PreparedRun:
+        """The expensive half of `submit_run`: checks the graph and builds the run without
+        touching the core, so a caller may do it off its event loop. Raises GraphError."""
         limits = limits or self.default_limits
         if not checked:
             _check_graph(specs, limits)
@@ -225,12 +249,22 @@ class Core:
                 # skipping it saves a third of a large submission.
                 run.add(node, ready_state)
                 ready.append(node)
-        self.runs[run_id] = run
-        for node in ready:
-            self._on_ready(node)
         # A submission's transitions are implied (PENDING, READY without dependencies): keeping
         # them would make the first event as large as the graph twice over.
         run.transitions.clear()
+        return PreparedRun(run, ready)
+
+    def install_run(self, prepared: PreparedRun, *, now: float, payload: Any = None) -> Run:
+        """The cheap half of `submit_run`: makes a prepared run live and queues its ready
+        nodes. Raises GraphError if a run with its id exists by now."""
+        self.now = now
+        run = prepared.run
+        if run.run_id in self.runs:
+            raise GraphError(f"run {run.run_id!r} already exists")
+        self.runs[run.run_id] = run
+        on_ready = self._on_ready
+        for node in prepared.ready:
+            on_ready(node)
         self._settle(run, "submitted", payload)
         return run
 

@@ -33,7 +33,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
 
     async def SubmitRun(self, request: Any, context: Any) -> Any:
         try:
-            run_id = self.runtime.submit(request)
+            run_id = await self.runtime.submit(request)
             await self.runtime.durable()  # a client told "created" must find it after a crash
             return rpb.SubmitRunResponse(run_id=run_id)
         except (GraphError, StoreError) as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import grpc
 import pytest
@@ -11,7 +13,7 @@ from coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 
-from .harness import Client, node
+from .harness import WAIT, Client, node
 
 BAD_GRAPHS = {
     "cycle": ([node("a", deps=["c"]), node("b", deps=["a"]), node("c", deps=["b"])], "cycle"),
@@ -108,6 +110,39 @@ def test_invalid_client_mutation_changes_nothing() -> None:
             after = await client.get(run_id)
             assert after.nodes == before.nodes
             assert after.run.last_seq == before.run.last_seq
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_large_graph_is_built_off_the_event_loop() -> None:
+    """While a large graph is being built, the coordinator keeps answering other calls; the
+    run appears whole once built."""
+    entered, release = threading.Event(), threading.Event()
+
+    async def scenario() -> None:
+        async with Coordinator() as c:
+            client = Client(c.address)
+            small = await client.submit(node("a"))
+            core = c.runtime.core
+            prepare = core.prepare_run
+
+            def gated(*args: Any, **kwargs: Any) -> Any:
+                entered.set()
+                release.wait(WAIT)
+                return prepare(*args, **kwargs)
+
+            core.prepare_run = gated  # type: ignore[method-assign]
+            big = asyncio.create_task(client.submit(*[node(f"n{i}") for i in range(5_000)]))
+            assert await asyncio.to_thread(entered.wait, WAIT), "the build never began"
+            answered = await asyncio.wait_for(client.get(small), WAIT)
+            assert answered.run.run_id == small
+            assert not big.done(), "answered only after the large graph was built"
+            runs = await client.stub.ListRuns(rpb.ListRunsRequest())
+            assert [r.run_id for r in runs.runs] == [small], "a half-built run is not visible"
+            release.set()
+            run = await client.get(await asyncio.wait_for(big, WAIT))
+            assert len(run.nodes) == 5_000
             await client.close()
 
     asyncio.run(scenario())
