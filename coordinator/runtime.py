@@ -233,8 +233,6 @@ class Runtime:
         self.journal.check()
         core = self.core
         run_id = req.run_id or "r-" + os.urandom(6).hex()
-        if run_id in core.runs:
-            raise GraphError(f"run {run_id!r} already exists")
         limits = convert.limits_from_pb(req.limits, self.limits)
         seed = int.from_bytes(os.urandom(8), "little") >> 1
         now = self.clock()

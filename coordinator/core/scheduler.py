@@ -207,8 +207,6 @@ class Core:
 
         `checked=True` skips the graph checks, for a replay of a graph that passed them when
         it was submitted."""
-        if run_id in self.runs:
-            raise GraphError(f"run {run_id!r} already exists")
         prepared = self.prepare_run(
             run_id, specs, limits=limits, name=name, seed=seed, now=now, checked=checked
         )

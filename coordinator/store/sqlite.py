@@ -161,7 +161,7 @@ class SqliteStore:
             if not rows:
                 return
             for position, data in rows:
-                yield from _events(position, data)
+                yield from _events(data, position)
 
     def read(self, run_id: str, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
         conn = self._reader()
@@ -171,7 +171,7 @@ class SqliteStore:
         )
         out: list[tuple[int, bytes]] = []
         for first, data in cur:
-            events = _events(-1, data)
+            events = _events(data)
             for i in range(max(0, from_seq - first), len(events)):
                 out.append((first + i, events[i]))
                 if len(out) == limit:
@@ -190,11 +190,11 @@ class SqliteStore:
             self._write = None
 
 
-def _events(position: int, data: bytes) -> Sequence[bytes]:
+def _events(data: bytes, position: int | None = None) -> Sequence[bytes]:
     try:
         return EventBatch.FromString(data).events
     except DecodeError as exc:
-        where = f"the batch at log position {position}" if position >= 0 else "a batch"
+        where = "a batch" if position is None else f"the batch at log position {position}"
         raise StoreError(
             f"the event log is damaged: {where} cannot be read ({exc}); restore the store from "
             "a backup, or move it aside to start empty"

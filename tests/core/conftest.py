@@ -31,6 +31,16 @@ from coordinator.core import (
 )
 from coordinator.core import graph as graph_module
 
+# Short names for states, as in the transition table of coordinator/core/graph.py.
+P, RD, RN = NodeState.PENDING, NodeState.READY, NodeState.RUNNING
+OK, FL, CX, SK, SP = (
+    NodeState.SUCCEEDED,
+    NodeState.FAILED,
+    NodeState.CANCELLED,
+    NodeState.SKIPPED,
+    NodeState.SPECULATIVE,
+)
+
 RUN = "r1"
 AGENT = "a"
 

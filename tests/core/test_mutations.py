@@ -20,7 +20,6 @@ from coordinator.core import (
     MarkSpeculative,
     ModifyNode,
     Mutation,
-    NodeState,
     PruneSubgraph,
     RemoveEdge,
     RemoveNode,
@@ -30,16 +29,7 @@ from coordinator.core import (
     SplitNode,
 )
 
-from .conftest import Driver, kinds, retry, spec, transitions_of
-
-P, RD, RN = NodeState.PENDING, NodeState.READY, NodeState.RUNNING
-OK, FL, CX, SK, SP = (
-    NodeState.SUCCEEDED,
-    NodeState.FAILED,
-    NodeState.CANCELLED,
-    NodeState.SKIPPED,
-    NodeState.SPECULATIVE,
-)
+from .conftest import CX, FL, OK, RD, RN, SK, SP, Driver, P, kinds, retry, spec, transitions_of
 
 
 def ids(assignments: Sequence[Assignment]) -> list[str]:

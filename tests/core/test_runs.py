@@ -26,15 +26,21 @@ from coordinator.core import (
     SplitNode,
 )
 
-from .conftest import Driver, kinds, node_facts, replay, retry, spec, transitions_of
-
-P, RD, RN = NodeState.PENDING, NodeState.READY, NodeState.RUNNING
-OK, FL, CX, SK, SP = (
-    NodeState.SUCCEEDED,
-    NodeState.FAILED,
-    NodeState.CANCELLED,
-    NodeState.SKIPPED,
-    NodeState.SPECULATIVE,
+from .conftest import (
+    CX,
+    FL,
+    OK,
+    RD,
+    RN,
+    SK,
+    Driver,
+    P,
+    kinds,
+    node_facts,
+    replay,
+    retry,
+    spec,
+    transitions_of,
 )
 
 # --- submit ----------------------------------------------------------------------------------

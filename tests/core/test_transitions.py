@@ -18,16 +18,7 @@ from coordinator.core import (
 )
 from coordinator.core.graph import TRANSITIONS
 
-from .conftest import Driver, spec
-
-P, RD, RN = NodeState.PENDING, NodeState.READY, NodeState.RUNNING
-OK, FL, CX, SK, SP = (
-    NodeState.SUCCEEDED,
-    NodeState.FAILED,
-    NodeState.CANCELLED,
-    NodeState.SKIPPED,
-    NodeState.SPECULATIVE,
-)
+from .conftest import CX, FL, OK, RD, RN, SK, SP, Driver, P, spec
 
 
 def chain(drv: Driver) -> None:
