@@ -28,10 +28,17 @@ class SubmitRunRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Optional human name."""
     run_id: _builtins.str
-    """Optional: the run id to use (must be unique). Empty: the coordinator makes one."""
+    """Optional: the run id to use. Empty: the coordinator makes one. A taken id fails with
+    ALREADY_EXISTS.
+    """
+    request_id: _builtins.str
+    """Optional idempotency key: a retried SubmitRun with the same request_id returns the run the
+    first one created (as long as that run is kept) instead of starting a second one.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_graph_pb2.NodeSpec]: ...
     @_builtins.property
@@ -43,10 +50,11 @@ class SubmitRunRequest(_message.Message):
         limits: _graph_pb2.RunLimits | None = ...,
         name: _builtins.str = ...,
         run_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name", "nodes", b"nodes", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name", "nodes", b"nodes", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -77,18 +85,28 @@ class GetRunRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     OMIT_RESULTS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     omit_results: _builtins.bool
     """Leave out node results (large runs)."""
+    page_size: _builtins.int
+    """Nodes per page (0: the coordinator's default). A page also ends early once it holds about
+    4 MiB; `next_page_token` then names the next one.
+    """
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         omit_results: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["omit_results", b"omit_results", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["omit_results", b"omit_results", "page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -230,19 +248,25 @@ class GetRunResponse(_message.Message):
 
     RUN_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Set when more nodes follow: pass it as page_token for the next page."""
     @_builtins.property
     def run(self) -> Global___RunInfo: ...
     @_builtins.property
-    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]:
+        """One page of the run's nodes, in the order they were added."""
+
     def __init__(
         self,
         *,
         run: Global___RunInfo | None = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "run", b"run"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "nodes", b"nodes", "run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,16 +277,20 @@ class ListRunsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """Newest first; at most this many (0: 100)."""
+    """Newest first; at most this many per page (0: 100; at most 1,000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the first page."""
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,16 +301,19 @@ class ListRunsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunInfo]: ...
     def __init__(
         self,
         *,
         runs: _abc.Iterable[Global___RunInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,6 +410,7 @@ class RunEvent(_message.Message):
     RUN_CANCELLED_FIELD_NUMBER: _builtins.int
     MUTATIONS_APPLIED_FIELD_NUMBER: _builtins.int
     RUN_ENDED_FIELD_NUMBER: _builtins.int
+    NODE_FAILED_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     seq: _builtins.int
@@ -404,6 +436,8 @@ class RunEvent(_message.Message):
     @_builtins.property
     def run_ended(self) -> Global___RunEnded: ...
     @_builtins.property
+    def node_failed(self) -> Global___NodeFailed: ...
+    @_builtins.property
     def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeTransition]: ...
     def __init__(
         self,
@@ -420,13 +454,14 @@ class RunEvent(_message.Message):
         run_cancelled: Global___RunCancelled | None = ...,
         mutations_applied: Global___MutationsApplied | None = ...,
         run_ended: Global___RunEnded | None = ...,
+        node_failed: Global___NodeFailed | None = ...,
         transitions: _abc.Iterable[Global___NodeTransition] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_lost", b"attempt_lost", "attempt_timed_out", b"attempt_timed_out", "kind", b"kind", "mutations_applied", b"mutations_applied", "node_dispatched", b"node_dispatched", "progress", b"progress", "run_cancelled", b"run_cancelled", "run_ended", b"run_ended", "run_submitted", b"run_submitted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_lost", b"attempt_lost", "attempt_timed_out", b"attempt_timed_out", "kind", b"kind", "mutations_applied", b"mutations_applied", "node_dispatched", b"node_dispatched", "node_failed", b"node_failed", "progress", b"progress", "run_cancelled", b"run_cancelled", "run_ended", b"run_ended", "run_submitted", b"run_submitted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_lost", b"attempt_lost", "attempt_timed_out", b"attempt_timed_out", "kind", b"kind", "mutations_applied", b"mutations_applied", "node_dispatched", b"node_dispatched", "progress", b"progress", "run_cancelled", b"run_cancelled", "run_ended", b"run_ended", "run_id", b"run_id", "run_submitted", b"run_submitted", "seq", b"seq", "time", b"time", "transitions", b"transitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_finished", b"attempt_finished", "attempt_lost", b"attempt_lost", "attempt_timed_out", b"attempt_timed_out", "kind", b"kind", "mutations_applied", b"mutations_applied", "node_dispatched", b"node_dispatched", "node_failed", b"node_failed", "progress", b"progress", "run_cancelled", b"run_cancelled", "run_ended", b"run_ended", "run_id", b"run_id", "run_submitted", b"run_submitted", "seq", b"seq", "time", b"time", "transitions", b"transitions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_submitted", "node_dispatched", "attempt_finished", "attempt_lost", "attempt_timed_out", "progress", "run_cancelled", "mutations_applied", "run_ended"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["run_submitted", "node_dispatched", "attempt_finished", "attempt_lost", "attempt_timed_out", "progress", "run_cancelled", "mutations_applied", "run_ended", "node_failed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -440,9 +475,12 @@ class RunSubmitted(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     seed: _builtins.int
     """The seed of the run's jitter source, so that replay draws the same backoffs."""
+    request_id: _builtins.str
+    """The request_id of the SubmitRun that created the run, if it had one."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_graph_pb2.NodeSpec]: ...
     @_builtins.property
@@ -454,10 +492,11 @@ class RunSubmitted(_message.Message):
         limits: _graph_pb2.RunLimits | None = ...,
         name: _builtins.str = ...,
         seed: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name", "nodes", b"nodes", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name", "nodes", b"nodes", "request_id", b"request_id", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -496,7 +535,10 @@ Global___NodeDispatched: _TypeAlias = NodeDispatched  # noqa: Y015
 
 @_typing.final
 class AttemptFinished(_message.Message):
-    """A worker answered an attempt (result, failure or cancelled), with the mutations it sent."""
+    """A worker answered an attempt, as the coordinator decided it: a result with the mutations that
+    were committed with it, or a failure (a rejected batch or a refused result is logged as the
+    failure it became, without what was refused), or cancelled.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -678,6 +720,33 @@ class RunEnded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunEnded: _TypeAlias = RunEnded  # noqa: Y015
+
+@_typing.final
+class NodeFailed(_message.Message):
+    """The coordinator failed a node without running it (its assignment could never be delivered,
+    for example because it would be larger than the message limit).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def error(self) -> _graph_pb2.NodeError: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        error: _graph_pb2.NodeError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeFailed: _TypeAlias = NodeFailed  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
@@ -907,3 +976,37 @@ class DrainWorkerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainWorkerResponse: _TypeAlias = DrainWorkerResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRunRequest: _TypeAlias = DeleteRunRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRunResponse: _TypeAlias = DeleteRunResponse  # noqa: Y015

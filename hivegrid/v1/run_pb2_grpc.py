@@ -75,6 +75,11 @@ class RunServiceStub:
                 request_serializer=hivegrid_dot_v1_dot_run__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=hivegrid_dot_v1_dot_run__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/hivegrid.v1.RunService/DeleteRun',
+                request_serializer=hivegrid_dot_v1_dot_run__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=hivegrid_dot_v1_dot_run__pb2.DeleteRunResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -134,6 +139,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRun(self, request, context):
+        """Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+        while the run is running (cancel it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +189,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=hivegrid_dot_v1_dot_run__pb2.DrainWorkerRequest.FromString,
                     response_serializer=hivegrid_dot_v1_dot_run__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=hivegrid_dot_v1_dot_run__pb2.DeleteRunRequest.FromString,
+                    response_serializer=hivegrid_dot_v1_dot_run__pb2.DeleteRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +413,33 @@ class RunService:
             '/hivegrid.v1.RunService/DrainWorker',
             hivegrid_dot_v1_dot_run__pb2.DrainWorkerRequest.SerializeToString,
             hivegrid_dot_v1_dot_run__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hivegrid.v1.RunService/DeleteRun',
+            hivegrid_dot_v1_dot_run__pb2.DeleteRunRequest.SerializeToString,
+            hivegrid_dot_v1_dot_run__pb2.DeleteRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,10 @@ class RunServiceStub:
     """Applies a mutation batch to a running run, atomically; INVALID_ARGUMENT names the problem."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_run_pb2.ListWorkersRequest, _run_pb2.ListWorkersResponse]
     DrainWorker: _grpc.UnaryUnaryMultiCallable[_run_pb2.DrainWorkerRequest, _run_pb2.DrainWorkerResponse]
+    DeleteRun: _grpc.UnaryUnaryMultiCallable[_run_pb2.DeleteRunRequest, _run_pb2.DeleteRunResponse]
+    """Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+    while the run is running (cancel it first).
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -69,6 +73,10 @@ class RunServiceAsyncStub(RunServiceStub):
     """Applies a mutation batch to a running run, atomically; INVALID_ARGUMENT names the problem."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_run_pb2.ListWorkersRequest, _run_pb2.ListWorkersResponse]  # type: ignore[assignment]
     DrainWorker: _aio.UnaryUnaryMultiCallable[_run_pb2.DrainWorkerRequest, _run_pb2.DrainWorkerResponse]  # type: ignore[assignment]
+    DeleteRun: _aio.UnaryUnaryMultiCallable[_run_pb2.DeleteRunRequest, _run_pb2.DeleteRunResponse]  # type: ignore[assignment]
+    """Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+    while the run is running (cancel it first).
+    """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """The client API: submit graphs, watch and steer runs, see the workers."""
@@ -135,5 +143,15 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_pb2.DrainWorkerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_pb2.DrainWorkerResponse, _abc.Awaitable[_run_pb2.DrainWorkerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteRun(
+        self,
+        request: _run_pb2.DeleteRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_pb2.DeleteRunResponse, _abc.Awaitable[_run_pb2.DeleteRunResponse]]:
+        """Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+        while the run is running (cancel it first).
+        """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

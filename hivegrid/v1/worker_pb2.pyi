@@ -51,8 +51,9 @@ class _AckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AckStatus.V
     ACK_STATUS_COMMITTED: _AckStatus.ValueType  # 1
     """The result is durably committed."""
     ACK_STATUS_STALE: _AckStatus.ValueType  # 2
-    """The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended);
-    the result was dropped. Nothing to do: the node's fate is in other hands.
+    """The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended),
+    or belongs to another session; the result was dropped and changed nothing. Nothing to do:
+    the node's fate is in other hands.
     """
     ACK_STATUS_MUTATIONS_REJECTED: _AckStatus.ValueType  # 3
     """The mutations were invalid: the attempt was committed as failed with `message` as its
@@ -60,6 +61,10 @@ class _AckStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AckStatus.V
     """
     ACK_STATUS_INVALID: _AckStatus.ValueType  # 4
     """The message itself was malformed (e.g. a result without an outcome)."""
+    ACK_STATUS_REFUSED: _AckStatus.ValueType  # 5
+    """The result broke one of the limits announced in the Welcome (for example its size): the
+    attempt was committed as failed, not retryable, with `message` as its error.
+    """
 
 class AckStatus(_AckStatus, metaclass=_AckStatusEnumTypeWrapper): ...
 
@@ -67,8 +72,9 @@ ACK_STATUS_UNSPECIFIED: AckStatus.ValueType  # 0
 ACK_STATUS_COMMITTED: AckStatus.ValueType  # 1
 """The result is durably committed."""
 ACK_STATUS_STALE: AckStatus.ValueType  # 2
-"""The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended);
-the result was dropped. Nothing to do: the node's fate is in other hands.
+"""The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended),
+or belongs to another session; the result was dropped and changed nothing. Nothing to do:
+the node's fate is in other hands.
 """
 ACK_STATUS_MUTATIONS_REJECTED: AckStatus.ValueType  # 3
 """The mutations were invalid: the attempt was committed as failed with `message` as its
@@ -76,6 +82,10 @@ error, and the node's retry policy decides what follows.
 """
 ACK_STATUS_INVALID: AckStatus.ValueType  # 4
 """The message itself was malformed (e.g. a result without an outcome)."""
+ACK_STATUS_REFUSED: AckStatus.ValueType  # 5
+"""The result broke one of the limits announced in the Welcome (for example its size): the
+attempt was committed as failed, not retryable, with `message` as its error.
+"""
 Global___AckStatus: _TypeAlias = AckStatus  # noqa: Y015
 
 @_typing.final
@@ -207,7 +217,7 @@ class Hello(_message.Message):
     """The protocol version the worker speaks. This document describes version 2."""
     slots: _builtins.int
     """How many assignments the worker runs at once: the coordinator never has more than this
-    many unanswered assignments on the session.
+    many unanswered assignments on the session (nor more than Welcome.max_slots).
     """
     @_builtins.property
     def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -252,6 +262,12 @@ class Welcome(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
     HELD_FIELD_NUMBER: _builtins.int
+    MAX_RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PROGRESS_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PROGRESS_PER_S_FIELD_NUMBER: _builtins.int
+    MAX_SLOTS_FIELD_NUMBER: _builtins.int
+    MAX_MUTATIONS_FIELD_NUMBER: _builtins.int
+    MAX_ID_BYTES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     protocol_version: _builtins.int
     heartbeat_interval_s: _builtins.float
@@ -262,6 +278,18 @@ class Welcome(_message.Message):
     """Largest message the coordinator accepts, in bytes."""
     max_batch: _builtins.int
     """Most results (or progress items) the coordinator wants in one message."""
+    max_result_bytes: _builtins.int
+    """The coordinator's limits (0: none). A message past them is refused: a result larger than
+    max_result_bytes fails its attempt (ACK_STATUS_REFUSED), progress past max_progress_bytes
+    or max_progress_per_s is dropped, a batch of more than max_mutations fails the attempt
+    (ACK_STATUS_MUTATIONS_REJECTED), and ids or names longer than max_id_bytes are refused.
+    """
+    max_progress_bytes: _builtins.int
+    max_progress_per_s: _builtins.float
+    max_slots: _builtins.int
+    """The slots the coordinator uses: Hello.slots, capped by its limit."""
+    max_mutations: _builtins.int
+    max_id_bytes: _builtins.int
     @_builtins.property
     def held(self) -> _containers.RepeatedCompositeFieldContainer[Global___AssignmentRef]:
         """Of the refs in Hello.held, those whose attempts are still current and now leased to this
@@ -278,10 +306,16 @@ class Welcome(_message.Message):
         max_message_bytes: _builtins.int = ...,
         max_batch: _builtins.int = ...,
         held: _abc.Iterable[Global___AssignmentRef] | None = ...,
+        max_result_bytes: _builtins.int = ...,
+        max_progress_bytes: _builtins.int = ...,
+        max_progress_per_s: _builtins.float = ...,
+        max_slots: _builtins.int = ...,
+        max_mutations: _builtins.int = ...,
+        max_id_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "held", b"held", "max_batch", b"max_batch", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "session_id", b"session_id", "session_timeout_s", b"session_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "held", b"held", "max_batch", b"max_batch", "max_id_bytes", b"max_id_bytes", "max_message_bytes", b"max_message_bytes", "max_mutations", b"max_mutations", "max_progress_bytes", b"max_progress_bytes", "max_progress_per_s", b"max_progress_per_s", "max_result_bytes", b"max_result_bytes", "max_slots", b"max_slots", "protocol_version", b"protocol_version", "session_id", b"session_id", "session_timeout_s", b"session_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

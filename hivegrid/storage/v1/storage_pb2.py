@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hivegrid.v1 import graph_pb2 as hivegrid_dot_v1_dot_graph__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hivegrid/storage/v1/storage.proto\x12\x13hivegrid.storage.v1\x1a\x17hivegrid/v1/graph.proto\":\n\x08Snapshot\x12.\n\x04runs\x18\x01 \x03(\x0b\x32 .hivegrid.storage.v1.RunSnapshot\"\x99\x02\n\x0bRunSnapshot\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x06limits\x18\x03 \x01(\x0b\x32\x16.hivegrid.v1.RunLimits\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.hivegrid.v1.RunState\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x06 \x01(\x01\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\x12\x11\n\trng_state\x18\x08 \x01(\x04\x12\x11\n\tcancelled\x18\t \x01(\x08\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x08\x12\x30\n\x05nodes\x18\x0b \x03(\x0b\x32!.hivegrid.storage.v1.NodeSnapshot\"\x95\x02\n\x0cNodeSnapshot\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.hivegrid.v1.NodeSpec\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hivegrid.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\r\x12\r\n\x05lease\x18\x05 \x01(\x04\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.hivegrid.v1.NodeError\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x13\n\x0bspawn_depth\x18\t \x01(\r\x12\x12\n\nnot_before\x18\n \x01(\x01\x12\x14\n\x0copen_attempt\x18\x0b \x01(\x08\"\x1c\n\nEventBatch\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x42<Z:github.com/hivegrid/hivegrid/internal/storage/v1;storagev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hivegrid/storage/v1/storage.proto\x12\x13hivegrid.storage.v1\x1a\x17hivegrid/v1/graph.proto\":\n\x08Snapshot\x12.\n\x04runs\x18\x01 \x03(\x0b\x32 .hivegrid.storage.v1.RunSnapshot\"\xbb\x02\n\x0bRunSnapshot\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x06limits\x18\x03 \x01(\x0b\x32\x16.hivegrid.v1.RunLimits\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.hivegrid.v1.RunState\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x06 \x01(\x01\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\x12\x11\n\trng_state\x18\x08 \x01(\x04\x12\x11\n\tcancelled\x18\t \x01(\x08\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x08\x12\x30\n\x05nodes\x18\x0b \x03(\x0b\x32!.hivegrid.storage.v1.NodeSnapshot\x12\x12\n\nrequest_id\x18\x0c \x01(\t\x12\x0c\n\x04part\x18\r \x01(\r\"\xa7\x02\n\x0cNodeSnapshot\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.hivegrid.v1.NodeSpec\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.hivegrid.v1.NodeState\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x04 \x01(\r\x12\r\n\x05lease\x18\x05 \x01(\x04\x12\x0e\n\x06result\x18\x06 \x01(\x0c\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.hivegrid.v1.NodeError\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x13\n\x0bspawn_depth\x18\t \x01(\r\x12\x12\n\nnot_before\x18\n \x01(\x01\x12\x14\n\x0copen_attempt\x18\x0b \x01(\x08\x12\x10\n\x08\x61nswered\x18\x0c \x01(\r\"\x1c\n\nEventBatch\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x42<Z:github.com/hivegrid/hivegrid/internal/storage/v1;storagev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOT']._serialized_start=83
   _globals['_SNAPSHOT']._serialized_end=141
   _globals['_RUNSNAPSHOT']._serialized_start=144
-  _globals['_RUNSNAPSHOT']._serialized_end=425
-  _globals['_NODESNAPSHOT']._serialized_start=428
-  _globals['_NODESNAPSHOT']._serialized_end=705
-  _globals['_EVENTBATCH']._serialized_start=707
-  _globals['_EVENTBATCH']._serialized_end=735
+  _globals['_RUNSNAPSHOT']._serialized_end=459
+  _globals['_NODESNAPSHOT']._serialized_start=462
+  _globals['_NODESNAPSHOT']._serialized_end=757
+  _globals['_EVENTBATCH']._serialized_start=759
+  _globals['_EVENTBATCH']._serialized_end=787
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Snapshot(_message.Message):
     """The coordinator's snapshot format, kept in its store beside the event log: recovery loads the
     newest snapshot and replays only the events after it. Not part of the client or worker API.
+    A snapshot is written as a sequence of chunks, each one Snapshot message of bounded size; a
+    run larger than a chunk continues in the next ones (RunSnapshot.part > 0 carries only nodes).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -58,6 +60,8 @@ class RunSnapshot(_message.Message):
     CANCELLED_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     name: _builtins.str
     state: _graph_pb2.RunState.ValueType
@@ -67,6 +71,9 @@ class RunSnapshot(_message.Message):
     rng_state: _builtins.int
     cancelled: _builtins.bool
     failed: _builtins.bool
+    request_id: _builtins.str
+    part: _builtins.int
+    """0 for the first part of a run; a later part only adds nodes to it."""
     @_builtins.property
     def limits(self) -> _graph_pb2.RunLimits: ...
     @_builtins.property
@@ -85,10 +92,12 @@ class RunSnapshot(_message.Message):
         cancelled: _builtins.bool = ...,
         failed: _builtins.bool = ...,
         nodes: _abc.Iterable[Global___NodeSnapshot] | None = ...,
+        request_id: _builtins.str = ...,
+        part: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created_at", b"created_at", "ended_at", b"ended_at", "failed", b"failed", "last_seq", b"last_seq", "limits", b"limits", "name", b"name", "nodes", b"nodes", "rng_state", b"rng_state", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created_at", b"created_at", "ended_at", b"ended_at", "failed", b"failed", "last_seq", b"last_seq", "limits", b"limits", "name", b"name", "nodes", b"nodes", "part", b"part", "request_id", b"request_id", "rng_state", b"rng_state", "run_id", b"run_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,6 +118,7 @@ class NodeSnapshot(_message.Message):
     SPAWN_DEPTH_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
     OPEN_ATTEMPT_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
     state: _graph_pb2.NodeState.ValueType
     attempt: _builtins.int
     failures: _builtins.int
@@ -119,6 +129,10 @@ class NodeSnapshot(_message.Message):
     not_before: _builtins.float
     open_attempt: _builtins.bool
     """Whether the latest attempt may still be answered (a lost worker's attempt may)."""
+    answered: _builtins.int
+    """The ack status the latest attempt's answer got (0: not answered), so that a duplicate of
+    that answer gets the same ack.
+    """
     @_builtins.property
     def spec(self) -> _graph_pb2.NodeSpec:
         """`spec.depends_on` is the node's current dependency list (mutations may have changed it)."""
@@ -139,10 +153,11 @@ class NodeSnapshot(_message.Message):
         spawn_depth: _builtins.int = ...,
         not_before: _builtins.float = ...,
         open_attempt: _builtins.bool = ...,
+        answered: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "failures", b"failures", "lease", b"lease", "not_before", b"not_before", "open_attempt", b"open_attempt", "parent_id", b"parent_id", "result", b"result", "spawn_depth", b"spawn_depth", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "attempt", b"attempt", "error", b"error", "failures", b"failures", "lease", b"lease", "not_before", b"not_before", "open_attempt", b"open_attempt", "parent_id", b"parent_id", "result", b"result", "spawn_depth", b"spawn_depth", "spec", b"spec", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

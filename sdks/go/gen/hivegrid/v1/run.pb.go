@@ -27,8 +27,12 @@ type SubmitRunRequest struct {
 	Limits *RunLimits             `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
 	// Optional human name.
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	// Optional: the run id to use (must be unique). Empty: the coordinator makes one.
-	RunId         string `protobuf:"bytes,4,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Optional: the run id to use. Empty: the coordinator makes one. A taken id fails with
+	// ALREADY_EXISTS.
+	RunId string `protobuf:"bytes,4,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Optional idempotency key: a retried SubmitRun with the same request_id returns the run the
+	// first one created (as long as that run is kept) instead of starting a second one.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -91,6 +95,13 @@ func (x *SubmitRunRequest) GetRunId() string {
 	return ""
 }
 
+func (x *SubmitRunRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type SubmitRunResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
@@ -139,7 +150,12 @@ type GetRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	// Leave out node results (large runs).
-	OmitResults   bool `protobuf:"varint,2,opt,name=omit_results,json=omitResults,proto3" json:"omit_results,omitempty"`
+	OmitResults bool `protobuf:"varint,2,opt,name=omit_results,json=omitResults,proto3" json:"omit_results,omitempty"`
+	// Nodes per page (0: the coordinator's default). A page also ends early once it holds about
+	// 4 MiB; `next_page_token` then names the next one.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; empty for the first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +202,20 @@ func (x *GetRunRequest) GetOmitResults() bool {
 		return x.OmitResults
 	}
 	return false
+}
+
+func (x *GetRunRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *GetRunRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 type NodeStatus struct {
@@ -495,9 +525,12 @@ func (x *RunInfo) GetLastSeq() uint64 {
 }
 
 type GetRunResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           *RunInfo               `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	Nodes         []*NodeStatus          `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Run   *RunInfo               `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// One page of the run's nodes, in the order they were added.
+	Nodes []*NodeStatus `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Set when more nodes follow: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -546,10 +579,19 @@ func (x *GetRunResponse) GetNodes() []*NodeStatus {
 	return nil
 }
 
+func (x *GetRunResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type ListRunsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Newest first; at most this many (0: 100).
-	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Newest first; at most this many per page (0: 100; at most 1,000).
+	Limit uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// From a previous response's next_page_token; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -591,9 +633,17 @@ func (x *ListRunsRequest) GetLimit() uint32 {
 	return 0
 }
 
+func (x *ListRunsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListRunsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Runs          []*RunInfo             `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -633,6 +683,13 @@ func (x *ListRunsResponse) GetRuns() []*RunInfo {
 		return x.Runs
 	}
 	return nil
+}
+
+func (x *ListRunsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type WatchRunRequest struct {
@@ -813,6 +870,7 @@ type RunEvent struct {
 	//	*RunEvent_RunCancelled
 	//	*RunEvent_MutationsApplied
 	//	*RunEvent_RunEnded
+	//	*RunEvent_NodeFailed
 	Kind          isRunEvent_Kind   `protobuf_oneof:"kind"`
 	Transitions   []*NodeTransition `protobuf:"bytes,30,rep,name=transitions,proto3" json:"transitions,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -958,6 +1016,15 @@ func (x *RunEvent) GetRunEnded() *RunEnded {
 	return nil
 }
 
+func (x *RunEvent) GetNodeFailed() *NodeFailed {
+	if x != nil {
+		if x, ok := x.Kind.(*RunEvent_NodeFailed); ok {
+			return x.NodeFailed
+		}
+	}
+	return nil
+}
+
 func (x *RunEvent) GetTransitions() []*NodeTransition {
 	if x != nil {
 		return x.Transitions
@@ -1005,6 +1072,10 @@ type RunEvent_RunEnded struct {
 	RunEnded *RunEnded `protobuf:"bytes,18,opt,name=run_ended,json=runEnded,proto3,oneof"`
 }
 
+type RunEvent_NodeFailed struct {
+	NodeFailed *NodeFailed `protobuf:"bytes,19,opt,name=node_failed,json=nodeFailed,proto3,oneof"`
+}
+
 func (*RunEvent_RunSubmitted) isRunEvent_Kind() {}
 
 func (*RunEvent_NodeDispatched) isRunEvent_Kind() {}
@@ -1023,13 +1094,17 @@ func (*RunEvent_MutationsApplied) isRunEvent_Kind() {}
 
 func (*RunEvent_RunEnded) isRunEvent_Kind() {}
 
+func (*RunEvent_NodeFailed) isRunEvent_Kind() {}
+
 type RunSubmitted struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Nodes  []*NodeSpec            `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	Limits *RunLimits             `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
 	Name   string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// The seed of the run's jitter source, so that replay draws the same backoffs.
-	Seed          uint64 `protobuf:"varint,4,opt,name=seed,proto3" json:"seed,omitempty"`
+	Seed uint64 `protobuf:"varint,4,opt,name=seed,proto3" json:"seed,omitempty"`
+	// The request_id of the SubmitRun that created the run, if it had one.
+	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1090,6 +1165,13 @@ func (x *RunSubmitted) GetSeed() uint64 {
 		return x.Seed
 	}
 	return 0
+}
+
+func (x *RunSubmitted) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type NodeDispatched struct {
@@ -1168,7 +1250,9 @@ func (x *NodeDispatched) GetWorkerName() string {
 	return ""
 }
 
-// A worker answered an attempt (result, failure or cancelled), with the mutations it sent.
+// A worker answered an attempt, as the coordinator decided it: a result with the mutations that
+// were committed with it, or a failure (a rejected batch or a refused result is logged as the
+// failure it became, without what was refused), or cancelled.
 type AttemptFinished struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	NodeId    string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1592,6 +1676,60 @@ func (x *RunEnded) GetState() RunState {
 	return RunState_RUN_STATE_UNSPECIFIED
 }
 
+// The coordinator failed a node without running it (its assignment could never be delivered,
+// for example because it would be larger than the message limit).
+type NodeFailed struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Error         *NodeError             `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeFailed) Reset() {
+	*x = NodeFailed{}
+	mi := &file_hivegrid_v1_run_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeFailed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeFailed) ProtoMessage() {}
+
+func (x *NodeFailed) ProtoReflect() protoreflect.Message {
+	mi := &file_hivegrid_v1_run_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeFailed.ProtoReflect.Descriptor instead.
+func (*NodeFailed) Descriptor() ([]byte, []int) {
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *NodeFailed) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *NodeFailed) GetError() *NodeError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type CancelRunRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
@@ -1602,7 +1740,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[22]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1614,7 +1752,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[22]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1627,7 +1765,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{22}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelRunRequest) GetRunId() string {
@@ -1653,7 +1791,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[23]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1803,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[23]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1816,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{23}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelRunResponse) GetState() RunState {
@@ -1698,7 +1836,7 @@ type MutateRunRequest struct {
 
 func (x *MutateRunRequest) Reset() {
 	*x = MutateRunRequest{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[24]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1848,7 @@ func (x *MutateRunRequest) String() string {
 func (*MutateRunRequest) ProtoMessage() {}
 
 func (x *MutateRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[24]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1861,7 @@ func (x *MutateRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateRunRequest.ProtoReflect.Descriptor instead.
 func (*MutateRunRequest) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{24}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MutateRunRequest) GetRunId() string {
@@ -1750,7 +1888,7 @@ type MutateRunResponse struct {
 
 func (x *MutateRunResponse) Reset() {
 	*x = MutateRunResponse{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[25]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1900,7 @@ func (x *MutateRunResponse) String() string {
 func (*MutateRunResponse) ProtoMessage() {}
 
 func (x *MutateRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[25]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1913,7 @@ func (x *MutateRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateRunResponse.ProtoReflect.Descriptor instead.
 func (*MutateRunResponse) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{25}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *MutateRunResponse) GetSeq() uint64 {
@@ -1793,7 +1931,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[26]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1943,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[26]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1956,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{26}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{27}
 }
 
 type WorkerInfo struct {
@@ -1840,7 +1978,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[27]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +1990,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[27]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2003,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{27}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WorkerInfo) GetSessionId() string {
@@ -1954,7 +2092,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[28]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2104,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[28]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2117,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{28}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1999,7 +2137,7 @@ type DrainWorkerRequest struct {
 
 func (x *DrainWorkerRequest) Reset() {
 	*x = DrainWorkerRequest{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[29]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2149,7 @@ func (x *DrainWorkerRequest) String() string {
 func (*DrainWorkerRequest) ProtoMessage() {}
 
 func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[29]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2162,7 @@ func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{29}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DrainWorkerRequest) GetWorker() string {
@@ -2043,7 +2181,7 @@ type DrainWorkerResponse struct {
 
 func (x *DrainWorkerResponse) Reset() {
 	*x = DrainWorkerResponse{}
-	mi := &file_hivegrid_v1_run_proto_msgTypes[30]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2193,7 @@ func (x *DrainWorkerResponse) String() string {
 func (*DrainWorkerResponse) ProtoMessage() {}
 
 func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hivegrid_v1_run_proto_msgTypes[30]
+	mi := &file_hivegrid_v1_run_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2206,7 @@ func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{30}
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DrainWorkerResponse) GetDrained() uint32 {
@@ -2078,21 +2216,106 @@ func (x *DrainWorkerResponse) GetDrained() uint32 {
 	return 0
 }
 
+type DeleteRunRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunRequest) Reset() {
+	*x = DeleteRunRequest{}
+	mi := &file_hivegrid_v1_run_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunRequest) ProtoMessage() {}
+
+func (x *DeleteRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hivegrid_v1_run_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRunRequest) Descriptor() ([]byte, []int) {
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteRunRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+type DeleteRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRunResponse) Reset() {
+	*x = DeleteRunResponse{}
+	mi := &file_hivegrid_v1_run_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRunResponse) ProtoMessage() {}
+
+func (x *DeleteRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hivegrid_v1_run_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRunResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRunResponse) Descriptor() ([]byte, []int) {
+	return file_hivegrid_v1_run_proto_rawDescGZIP(), []int{33}
+}
+
 var File_hivegrid_v1_run_proto protoreflect.FileDescriptor
 
 const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\n" +
-	"\x15hivegrid/v1/run.proto\x12\vhivegrid.v1\x1a\x17hivegrid/v1/graph.proto\x1a\x18hivegrid/v1/worker.proto\"\x9a\x01\n" +
+	"\x15hivegrid/v1/run.proto\x12\vhivegrid.v1\x1a\x17hivegrid/v1/graph.proto\x1a\x18hivegrid/v1/worker.proto\"\xb9\x01\n" +
 	"\x10SubmitRunRequest\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.hivegrid.v1.NodeSpecR\x05nodes\x12.\n" +
 	"\x06limits\x18\x02 \x01(\v2\x16.hivegrid.v1.RunLimitsR\x06limits\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x15\n" +
-	"\x06run_id\x18\x04 \x01(\tR\x05runId\"*\n" +
+	"\x06run_id\x18\x04 \x01(\tR\x05runId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\"*\n" +
 	"\x11SubmitRunResponse\x12\x15\n" +
-	"\x06run_id\x18\x01 \x01(\tR\x05runId\"I\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\"\x85\x01\n" +
 	"\rGetRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12!\n" +
-	"\fomit_results\x18\x02 \x01(\bR\vomitResults\"\x9f\x02\n" +
+	"\fomit_results\x18\x02 \x01(\bR\vomitResults\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\x9f\x02\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -2124,14 +2347,18 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\x01R\tcreatedAt\x12\x19\n" +
 	"\bended_at\x18\x06 \x01(\x01R\aendedAt\x12\x19\n" +
-	"\blast_seq\x18\a \x01(\x04R\alastSeq\"g\n" +
+	"\blast_seq\x18\a \x01(\x04R\alastSeq\"\x8f\x01\n" +
 	"\x0eGetRunResponse\x12&\n" +
 	"\x03run\x18\x01 \x01(\v2\x14.hivegrid.v1.RunInfoR\x03run\x12-\n" +
-	"\x05nodes\x18\x02 \x03(\v2\x17.hivegrid.v1.NodeStatusR\x05nodes\"'\n" +
+	"\x05nodes\x18\x02 \x03(\v2\x17.hivegrid.v1.NodeStatusR\x05nodes\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"F\n" +
 	"\x0fListRunsRequest\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\rR\x05limit\"<\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"d\n" +
 	"\x10ListRunsResponse\x12(\n" +
-	"\x04runs\x18\x01 \x03(\v2\x14.hivegrid.v1.RunInfoR\x04runs\"m\n" +
+	"\x04runs\x18\x01 \x03(\v2\x14.hivegrid.v1.RunInfoR\x04runs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
 	"\x0fWatchRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x19\n" +
 	"\bfrom_seq\x18\x02 \x01(\x04R\afromSeq\x12(\n" +
@@ -2140,7 +2367,7 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x15.hivegrid.v1.RunEventR\x06events\"W\n" +
 	"\x0eNodeTransition\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12,\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x16.hivegrid.v1.NodeStateR\x05state\"\xf1\x05\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x16.hivegrid.v1.NodeStateR\x05state\"\xad\x06\n" +
 	"\bRunEvent\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
@@ -2154,14 +2381,18 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\bprogress\x18\x0f \x01(\v2\x1d.hivegrid.v1.ProgressReportedH\x00R\bprogress\x12@\n" +
 	"\rrun_cancelled\x18\x10 \x01(\v2\x19.hivegrid.v1.RunCancelledH\x00R\frunCancelled\x12L\n" +
 	"\x11mutations_applied\x18\x11 \x01(\v2\x1d.hivegrid.v1.MutationsAppliedH\x00R\x10mutationsApplied\x124\n" +
-	"\trun_ended\x18\x12 \x01(\v2\x15.hivegrid.v1.RunEndedH\x00R\brunEnded\x12=\n" +
+	"\trun_ended\x18\x12 \x01(\v2\x15.hivegrid.v1.RunEndedH\x00R\brunEnded\x12:\n" +
+	"\vnode_failed\x18\x13 \x01(\v2\x17.hivegrid.v1.NodeFailedH\x00R\n" +
+	"nodeFailed\x12=\n" +
 	"\vtransitions\x18\x1e \x03(\v2\x1b.hivegrid.v1.NodeTransitionR\vtransitionsB\x06\n" +
-	"\x04kind\"\x93\x01\n" +
+	"\x04kind\"\xb2\x01\n" +
 	"\fRunSubmitted\x12+\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x15.hivegrid.v1.NodeSpecR\x05nodes\x12.\n" +
 	"\x06limits\x18\x02 \x01(\v2\x16.hivegrid.v1.RunLimitsR\x06limits\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
-	"\x04seed\x18\x04 \x01(\x04R\x04seed\"\x99\x01\n" +
+	"\x04seed\x18\x04 \x01(\x04R\x04seed\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\"\x99\x01\n" +
 	"\x0eNodeDispatched\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x14\n" +
@@ -2197,7 +2428,11 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\x10MutationsApplied\x123\n" +
 	"\tmutations\x18\x01 \x03(\v2\x15.hivegrid.v1.MutationR\tmutations\"7\n" +
 	"\bRunEnded\x12+\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x15.hivegrid.v1.RunStateR\x05state\"A\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x15.hivegrid.v1.RunStateR\x05state\"S\n" +
+	"\n" +
+	"NodeFailed\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12,\n" +
+	"\x05error\x18\x02 \x01(\v2\x16.hivegrid.v1.NodeErrorR\x05error\"A\n" +
 	"\x10CancelRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"@\n" +
@@ -2234,7 +2469,10 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\x12DrainWorkerRequest\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\"/\n" +
 	"\x13DrainWorkerResponse\x12\x18\n" +
-	"\adrained\x18\x01 \x01(\rR\adrained2\xeb\x04\n" +
+	"\adrained\x18\x01 \x01(\rR\adrained\")\n" +
+	"\x10DeleteRunRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\tR\x05runId\"\x13\n" +
+	"\x11DeleteRunResponse2\xb7\x05\n" +
 	"\n" +
 	"RunService\x12J\n" +
 	"\tSubmitRun\x12\x1d.hivegrid.v1.SubmitRunRequest\x1a\x1e.hivegrid.v1.SubmitRunResponse\x12A\n" +
@@ -2244,7 +2482,8 @@ const file_hivegrid_v1_run_proto_rawDesc = "" +
 	"\tCancelRun\x12\x1d.hivegrid.v1.CancelRunRequest\x1a\x1e.hivegrid.v1.CancelRunResponse\x12J\n" +
 	"\tMutateRun\x12\x1d.hivegrid.v1.MutateRunRequest\x1a\x1e.hivegrid.v1.MutateRunResponse\x12P\n" +
 	"\vListWorkers\x12\x1f.hivegrid.v1.ListWorkersRequest\x1a .hivegrid.v1.ListWorkersResponse\x12P\n" +
-	"\vDrainWorker\x12\x1f.hivegrid.v1.DrainWorkerRequest\x1a .hivegrid.v1.DrainWorkerResponseBAZ?github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1;hivegridv1b\x06proto3"
+	"\vDrainWorker\x12\x1f.hivegrid.v1.DrainWorkerRequest\x1a .hivegrid.v1.DrainWorkerResponse\x12J\n" +
+	"\tDeleteRun\x12\x1d.hivegrid.v1.DeleteRunRequest\x1a\x1e.hivegrid.v1.DeleteRunResponseBAZ?github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1;hivegridv1b\x06proto3"
 
 var (
 	file_hivegrid_v1_run_proto_rawDescOnce sync.Once
@@ -2258,7 +2497,7 @@ func file_hivegrid_v1_run_proto_rawDescGZIP() []byte {
 	return file_hivegrid_v1_run_proto_rawDescData
 }
 
-var file_hivegrid_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_hivegrid_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_hivegrid_v1_run_proto_goTypes = []any{
 	(*SubmitRunRequest)(nil),    // 0: hivegrid.v1.SubmitRunRequest
 	(*SubmitRunResponse)(nil),   // 1: hivegrid.v1.SubmitRunResponse
@@ -2282,36 +2521,39 @@ var file_hivegrid_v1_run_proto_goTypes = []any{
 	(*RunCancelled)(nil),        // 19: hivegrid.v1.RunCancelled
 	(*MutationsApplied)(nil),    // 20: hivegrid.v1.MutationsApplied
 	(*RunEnded)(nil),            // 21: hivegrid.v1.RunEnded
-	(*CancelRunRequest)(nil),    // 22: hivegrid.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),   // 23: hivegrid.v1.CancelRunResponse
-	(*MutateRunRequest)(nil),    // 24: hivegrid.v1.MutateRunRequest
-	(*MutateRunResponse)(nil),   // 25: hivegrid.v1.MutateRunResponse
-	(*ListWorkersRequest)(nil),  // 26: hivegrid.v1.ListWorkersRequest
-	(*WorkerInfo)(nil),          // 27: hivegrid.v1.WorkerInfo
-	(*ListWorkersResponse)(nil), // 28: hivegrid.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),  // 29: hivegrid.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil), // 30: hivegrid.v1.DrainWorkerResponse
-	nil,                         // 31: hivegrid.v1.WorkerInfo.LabelsEntry
-	(*NodeSpec)(nil),            // 32: hivegrid.v1.NodeSpec
-	(*RunLimits)(nil),           // 33: hivegrid.v1.RunLimits
-	(NodeState)(0),              // 34: hivegrid.v1.NodeState
-	(*NodeError)(nil),           // 35: hivegrid.v1.NodeError
-	(RunState)(0),               // 36: hivegrid.v1.RunState
-	(Outcome)(0),                // 37: hivegrid.v1.Outcome
-	(*Mutation)(nil),            // 38: hivegrid.v1.Mutation
+	(*NodeFailed)(nil),          // 22: hivegrid.v1.NodeFailed
+	(*CancelRunRequest)(nil),    // 23: hivegrid.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),   // 24: hivegrid.v1.CancelRunResponse
+	(*MutateRunRequest)(nil),    // 25: hivegrid.v1.MutateRunRequest
+	(*MutateRunResponse)(nil),   // 26: hivegrid.v1.MutateRunResponse
+	(*ListWorkersRequest)(nil),  // 27: hivegrid.v1.ListWorkersRequest
+	(*WorkerInfo)(nil),          // 28: hivegrid.v1.WorkerInfo
+	(*ListWorkersResponse)(nil), // 29: hivegrid.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),  // 30: hivegrid.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil), // 31: hivegrid.v1.DrainWorkerResponse
+	(*DeleteRunRequest)(nil),    // 32: hivegrid.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),   // 33: hivegrid.v1.DeleteRunResponse
+	nil,                         // 34: hivegrid.v1.WorkerInfo.LabelsEntry
+	(*NodeSpec)(nil),            // 35: hivegrid.v1.NodeSpec
+	(*RunLimits)(nil),           // 36: hivegrid.v1.RunLimits
+	(NodeState)(0),              // 37: hivegrid.v1.NodeState
+	(*NodeError)(nil),           // 38: hivegrid.v1.NodeError
+	(RunState)(0),               // 39: hivegrid.v1.RunState
+	(Outcome)(0),                // 40: hivegrid.v1.Outcome
+	(*Mutation)(nil),            // 41: hivegrid.v1.Mutation
 }
 var file_hivegrid_v1_run_proto_depIdxs = []int32{
-	32, // 0: hivegrid.v1.SubmitRunRequest.nodes:type_name -> hivegrid.v1.NodeSpec
-	33, // 1: hivegrid.v1.SubmitRunRequest.limits:type_name -> hivegrid.v1.RunLimits
-	34, // 2: hivegrid.v1.NodeStatus.state:type_name -> hivegrid.v1.NodeState
-	35, // 3: hivegrid.v1.NodeStatus.error:type_name -> hivegrid.v1.NodeError
-	36, // 4: hivegrid.v1.RunInfo.state:type_name -> hivegrid.v1.RunState
+	35, // 0: hivegrid.v1.SubmitRunRequest.nodes:type_name -> hivegrid.v1.NodeSpec
+	36, // 1: hivegrid.v1.SubmitRunRequest.limits:type_name -> hivegrid.v1.RunLimits
+	37, // 2: hivegrid.v1.NodeStatus.state:type_name -> hivegrid.v1.NodeState
+	38, // 3: hivegrid.v1.NodeStatus.error:type_name -> hivegrid.v1.NodeError
+	39, // 4: hivegrid.v1.RunInfo.state:type_name -> hivegrid.v1.RunState
 	4,  // 5: hivegrid.v1.RunInfo.counts:type_name -> hivegrid.v1.NodeCounts
 	5,  // 6: hivegrid.v1.GetRunResponse.run:type_name -> hivegrid.v1.RunInfo
 	3,  // 7: hivegrid.v1.GetRunResponse.nodes:type_name -> hivegrid.v1.NodeStatus
 	5,  // 8: hivegrid.v1.ListRunsResponse.runs:type_name -> hivegrid.v1.RunInfo
 	12, // 9: hivegrid.v1.WatchRunResponse.events:type_name -> hivegrid.v1.RunEvent
-	34, // 10: hivegrid.v1.NodeTransition.state:type_name -> hivegrid.v1.NodeState
+	37, // 10: hivegrid.v1.NodeTransition.state:type_name -> hivegrid.v1.NodeState
 	13, // 11: hivegrid.v1.RunEvent.run_submitted:type_name -> hivegrid.v1.RunSubmitted
 	14, // 12: hivegrid.v1.RunEvent.node_dispatched:type_name -> hivegrid.v1.NodeDispatched
 	15, // 13: hivegrid.v1.RunEvent.attempt_finished:type_name -> hivegrid.v1.AttemptFinished
@@ -2321,39 +2563,43 @@ var file_hivegrid_v1_run_proto_depIdxs = []int32{
 	19, // 17: hivegrid.v1.RunEvent.run_cancelled:type_name -> hivegrid.v1.RunCancelled
 	20, // 18: hivegrid.v1.RunEvent.mutations_applied:type_name -> hivegrid.v1.MutationsApplied
 	21, // 19: hivegrid.v1.RunEvent.run_ended:type_name -> hivegrid.v1.RunEnded
-	11, // 20: hivegrid.v1.RunEvent.transitions:type_name -> hivegrid.v1.NodeTransition
-	32, // 21: hivegrid.v1.RunSubmitted.nodes:type_name -> hivegrid.v1.NodeSpec
-	33, // 22: hivegrid.v1.RunSubmitted.limits:type_name -> hivegrid.v1.RunLimits
-	37, // 23: hivegrid.v1.AttemptFinished.outcome:type_name -> hivegrid.v1.Outcome
-	35, // 24: hivegrid.v1.AttemptFinished.error:type_name -> hivegrid.v1.NodeError
-	38, // 25: hivegrid.v1.AttemptFinished.mutations:type_name -> hivegrid.v1.Mutation
-	38, // 26: hivegrid.v1.MutationsApplied.mutations:type_name -> hivegrid.v1.Mutation
-	36, // 27: hivegrid.v1.RunEnded.state:type_name -> hivegrid.v1.RunState
-	36, // 28: hivegrid.v1.CancelRunResponse.state:type_name -> hivegrid.v1.RunState
-	38, // 29: hivegrid.v1.MutateRunRequest.mutations:type_name -> hivegrid.v1.Mutation
-	31, // 30: hivegrid.v1.WorkerInfo.labels:type_name -> hivegrid.v1.WorkerInfo.LabelsEntry
-	27, // 31: hivegrid.v1.ListWorkersResponse.workers:type_name -> hivegrid.v1.WorkerInfo
-	0,  // 32: hivegrid.v1.RunService.SubmitRun:input_type -> hivegrid.v1.SubmitRunRequest
-	2,  // 33: hivegrid.v1.RunService.GetRun:input_type -> hivegrid.v1.GetRunRequest
-	7,  // 34: hivegrid.v1.RunService.ListRuns:input_type -> hivegrid.v1.ListRunsRequest
-	9,  // 35: hivegrid.v1.RunService.WatchRun:input_type -> hivegrid.v1.WatchRunRequest
-	22, // 36: hivegrid.v1.RunService.CancelRun:input_type -> hivegrid.v1.CancelRunRequest
-	24, // 37: hivegrid.v1.RunService.MutateRun:input_type -> hivegrid.v1.MutateRunRequest
-	26, // 38: hivegrid.v1.RunService.ListWorkers:input_type -> hivegrid.v1.ListWorkersRequest
-	29, // 39: hivegrid.v1.RunService.DrainWorker:input_type -> hivegrid.v1.DrainWorkerRequest
-	1,  // 40: hivegrid.v1.RunService.SubmitRun:output_type -> hivegrid.v1.SubmitRunResponse
-	6,  // 41: hivegrid.v1.RunService.GetRun:output_type -> hivegrid.v1.GetRunResponse
-	8,  // 42: hivegrid.v1.RunService.ListRuns:output_type -> hivegrid.v1.ListRunsResponse
-	10, // 43: hivegrid.v1.RunService.WatchRun:output_type -> hivegrid.v1.WatchRunResponse
-	23, // 44: hivegrid.v1.RunService.CancelRun:output_type -> hivegrid.v1.CancelRunResponse
-	25, // 45: hivegrid.v1.RunService.MutateRun:output_type -> hivegrid.v1.MutateRunResponse
-	28, // 46: hivegrid.v1.RunService.ListWorkers:output_type -> hivegrid.v1.ListWorkersResponse
-	30, // 47: hivegrid.v1.RunService.DrainWorker:output_type -> hivegrid.v1.DrainWorkerResponse
-	40, // [40:48] is the sub-list for method output_type
-	32, // [32:40] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	22, // 20: hivegrid.v1.RunEvent.node_failed:type_name -> hivegrid.v1.NodeFailed
+	11, // 21: hivegrid.v1.RunEvent.transitions:type_name -> hivegrid.v1.NodeTransition
+	35, // 22: hivegrid.v1.RunSubmitted.nodes:type_name -> hivegrid.v1.NodeSpec
+	36, // 23: hivegrid.v1.RunSubmitted.limits:type_name -> hivegrid.v1.RunLimits
+	40, // 24: hivegrid.v1.AttemptFinished.outcome:type_name -> hivegrid.v1.Outcome
+	38, // 25: hivegrid.v1.AttemptFinished.error:type_name -> hivegrid.v1.NodeError
+	41, // 26: hivegrid.v1.AttemptFinished.mutations:type_name -> hivegrid.v1.Mutation
+	41, // 27: hivegrid.v1.MutationsApplied.mutations:type_name -> hivegrid.v1.Mutation
+	39, // 28: hivegrid.v1.RunEnded.state:type_name -> hivegrid.v1.RunState
+	38, // 29: hivegrid.v1.NodeFailed.error:type_name -> hivegrid.v1.NodeError
+	39, // 30: hivegrid.v1.CancelRunResponse.state:type_name -> hivegrid.v1.RunState
+	41, // 31: hivegrid.v1.MutateRunRequest.mutations:type_name -> hivegrid.v1.Mutation
+	34, // 32: hivegrid.v1.WorkerInfo.labels:type_name -> hivegrid.v1.WorkerInfo.LabelsEntry
+	28, // 33: hivegrid.v1.ListWorkersResponse.workers:type_name -> hivegrid.v1.WorkerInfo
+	0,  // 34: hivegrid.v1.RunService.SubmitRun:input_type -> hivegrid.v1.SubmitRunRequest
+	2,  // 35: hivegrid.v1.RunService.GetRun:input_type -> hivegrid.v1.GetRunRequest
+	7,  // 36: hivegrid.v1.RunService.ListRuns:input_type -> hivegrid.v1.ListRunsRequest
+	9,  // 37: hivegrid.v1.RunService.WatchRun:input_type -> hivegrid.v1.WatchRunRequest
+	23, // 38: hivegrid.v1.RunService.CancelRun:input_type -> hivegrid.v1.CancelRunRequest
+	25, // 39: hivegrid.v1.RunService.MutateRun:input_type -> hivegrid.v1.MutateRunRequest
+	27, // 40: hivegrid.v1.RunService.ListWorkers:input_type -> hivegrid.v1.ListWorkersRequest
+	30, // 41: hivegrid.v1.RunService.DrainWorker:input_type -> hivegrid.v1.DrainWorkerRequest
+	32, // 42: hivegrid.v1.RunService.DeleteRun:input_type -> hivegrid.v1.DeleteRunRequest
+	1,  // 43: hivegrid.v1.RunService.SubmitRun:output_type -> hivegrid.v1.SubmitRunResponse
+	6,  // 44: hivegrid.v1.RunService.GetRun:output_type -> hivegrid.v1.GetRunResponse
+	8,  // 45: hivegrid.v1.RunService.ListRuns:output_type -> hivegrid.v1.ListRunsResponse
+	10, // 46: hivegrid.v1.RunService.WatchRun:output_type -> hivegrid.v1.WatchRunResponse
+	24, // 47: hivegrid.v1.RunService.CancelRun:output_type -> hivegrid.v1.CancelRunResponse
+	26, // 48: hivegrid.v1.RunService.MutateRun:output_type -> hivegrid.v1.MutateRunResponse
+	29, // 49: hivegrid.v1.RunService.ListWorkers:output_type -> hivegrid.v1.ListWorkersResponse
+	31, // 50: hivegrid.v1.RunService.DrainWorker:output_type -> hivegrid.v1.DrainWorkerResponse
+	33, // 51: hivegrid.v1.RunService.DeleteRun:output_type -> hivegrid.v1.DeleteRunResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_hivegrid_v1_run_proto_init() }
@@ -2373,6 +2619,7 @@ func file_hivegrid_v1_run_proto_init() {
 		(*RunEvent_RunCancelled)(nil),
 		(*RunEvent_MutationsApplied)(nil),
 		(*RunEvent_RunEnded)(nil),
+		(*RunEvent_NodeFailed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2380,7 +2627,7 @@ func file_hivegrid_v1_run_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hivegrid_v1_run_proto_rawDesc), len(file_hivegrid_v1_run_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

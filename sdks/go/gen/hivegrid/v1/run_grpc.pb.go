@@ -27,6 +27,7 @@ const (
 	RunService_MutateRun_FullMethodName   = "/hivegrid.v1.RunService/MutateRun"
 	RunService_ListWorkers_FullMethodName = "/hivegrid.v1.RunService/ListWorkers"
 	RunService_DrainWorker_FullMethodName = "/hivegrid.v1.RunService/DrainWorker"
+	RunService_DeleteRun_FullMethodName   = "/hivegrid.v1.RunService/DeleteRun"
 )
 
 // RunServiceClient is the client API for RunService service.
@@ -48,6 +49,9 @@ type RunServiceClient interface {
 	MutateRun(ctx context.Context, in *MutateRunRequest, opts ...grpc.CallOption) (*MutateRunResponse, error)
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	DrainWorker(ctx context.Context, in *DrainWorkerRequest, opts ...grpc.CallOption) (*DrainWorkerResponse, error)
+	// Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+	// while the run is running (cancel it first).
+	DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error)
 }
 
 type runServiceClient struct {
@@ -147,6 +151,16 @@ func (c *runServiceClient) DrainWorker(ctx context.Context, in *DrainWorkerReque
 	return out, nil
 }
 
+func (c *runServiceClient) DeleteRun(ctx context.Context, in *DeleteRunRequest, opts ...grpc.CallOption) (*DeleteRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteRunResponse)
+	err := c.cc.Invoke(ctx, RunService_DeleteRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RunServiceServer is the server API for RunService service.
 // All implementations must embed UnimplementedRunServiceServer
 // for forward compatibility.
@@ -166,6 +180,9 @@ type RunServiceServer interface {
 	MutateRun(context.Context, *MutateRunRequest) (*MutateRunResponse, error)
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	DrainWorker(context.Context, *DrainWorkerRequest) (*DrainWorkerResponse, error)
+	// Removes an ended run, its events and its snapshot entries for good. FAILED_PRECONDITION
+	// while the run is running (cancel it first).
+	DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error)
 	mustEmbedUnimplementedRunServiceServer()
 }
 
@@ -199,6 +216,9 @@ func (UnimplementedRunServiceServer) ListWorkers(context.Context, *ListWorkersRe
 }
 func (UnimplementedRunServiceServer) DrainWorker(context.Context, *DrainWorkerRequest) (*DrainWorkerResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DrainWorker not implemented")
+}
+func (UnimplementedRunServiceServer) DeleteRun(context.Context, *DeleteRunRequest) (*DeleteRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteRun not implemented")
 }
 func (UnimplementedRunServiceServer) mustEmbedUnimplementedRunServiceServer() {}
 func (UnimplementedRunServiceServer) testEmbeddedByValue()                    {}
@@ -358,6 +378,24 @@ func _RunService_DrainWorker_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RunService_DeleteRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).DeleteRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_DeleteRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).DeleteRun(ctx, req.(*DeleteRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RunService_ServiceDesc is the grpc.ServiceDesc for RunService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -392,6 +430,10 @@ var RunService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainWorker",
 			Handler:    _RunService_DrainWorker_Handler,
+		},
+		{
+			MethodName: "DeleteRun",
+			Handler:    _RunService_DeleteRun_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -80,14 +80,18 @@ const (
 	AckStatus_ACK_STATUS_UNSPECIFIED AckStatus = 0
 	// The result is durably committed.
 	AckStatus_ACK_STATUS_COMMITTED AckStatus = 1
-	// The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended);
-	// the result was dropped. Nothing to do: the node's fate is in other hands.
+	// The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended),
+	// or belongs to another session; the result was dropped and changed nothing. Nothing to do:
+	// the node's fate is in other hands.
 	AckStatus_ACK_STATUS_STALE AckStatus = 2
 	// The mutations were invalid: the attempt was committed as failed with `message` as its
 	// error, and the node's retry policy decides what follows.
 	AckStatus_ACK_STATUS_MUTATIONS_REJECTED AckStatus = 3
 	// The message itself was malformed (e.g. a result without an outcome).
 	AckStatus_ACK_STATUS_INVALID AckStatus = 4
+	// The result broke one of the limits announced in the Welcome (for example its size): the
+	// attempt was committed as failed, not retryable, with `message` as its error.
+	AckStatus_ACK_STATUS_REFUSED AckStatus = 5
 )
 
 // Enum value maps for AckStatus.
@@ -98,6 +102,7 @@ var (
 		2: "ACK_STATUS_STALE",
 		3: "ACK_STATUS_MUTATIONS_REJECTED",
 		4: "ACK_STATUS_INVALID",
+		5: "ACK_STATUS_REFUSED",
 	}
 	AckStatus_value = map[string]int32{
 		"ACK_STATUS_UNSPECIFIED":        0,
@@ -105,6 +110,7 @@ var (
 		"ACK_STATUS_STALE":              2,
 		"ACK_STATUS_MUTATIONS_REJECTED": 3,
 		"ACK_STATUS_INVALID":            4,
+		"ACK_STATUS_REFUSED":            5,
 	}
 )
 
@@ -414,7 +420,7 @@ type Hello struct {
 	Agents []string          `protobuf:"bytes,5,rep,name=agents,proto3" json:"agents,omitempty"`
 	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// How many assignments the worker runs at once: the coordinator never has more than this
-	// many unanswered assignments on the session.
+	// many unanswered assignments on the session (nor more than Welcome.max_slots).
 	Slots uint32 `protobuf:"varint,7,opt,name=slots,proto3" json:"slots,omitempty"`
 	// On reconnect: the assignments the worker still runs or has results for, so that the
 	// coordinator can keep their leases (see docs/protocol.md, "Reconnecting").
@@ -523,7 +529,18 @@ type Welcome struct {
 	MaxBatch uint32 `protobuf:"varint,6,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
 	// Of the refs in Hello.held, those whose attempts are still current and now leased to this
 	// session (they count against its slots). Stop the others: their answers will be stale.
-	Held          []*AssignmentRef `protobuf:"bytes,7,rep,name=held,proto3" json:"held,omitempty"`
+	Held []*AssignmentRef `protobuf:"bytes,7,rep,name=held,proto3" json:"held,omitempty"`
+	// The coordinator's limits (0: none). A message past them is refused: a result larger than
+	// max_result_bytes fails its attempt (ACK_STATUS_REFUSED), progress past max_progress_bytes
+	// or max_progress_per_s is dropped, a batch of more than max_mutations fails the attempt
+	// (ACK_STATUS_MUTATIONS_REJECTED), and ids or names longer than max_id_bytes are refused.
+	MaxResultBytes   uint64  `protobuf:"varint,8,opt,name=max_result_bytes,json=maxResultBytes,proto3" json:"max_result_bytes,omitempty"`
+	MaxProgressBytes uint32  `protobuf:"varint,9,opt,name=max_progress_bytes,json=maxProgressBytes,proto3" json:"max_progress_bytes,omitempty"`
+	MaxProgressPerS  float64 `protobuf:"fixed64,10,opt,name=max_progress_per_s,json=maxProgressPerS,proto3" json:"max_progress_per_s,omitempty"`
+	// The slots the coordinator uses: Hello.slots, capped by its limit.
+	MaxSlots      uint32 `protobuf:"varint,11,opt,name=max_slots,json=maxSlots,proto3" json:"max_slots,omitempty"`
+	MaxMutations  uint32 `protobuf:"varint,12,opt,name=max_mutations,json=maxMutations,proto3" json:"max_mutations,omitempty"`
+	MaxIdBytes    uint32 `protobuf:"varint,13,opt,name=max_id_bytes,json=maxIdBytes,proto3" json:"max_id_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -605,6 +622,48 @@ func (x *Welcome) GetHeld() []*AssignmentRef {
 		return x.Held
 	}
 	return nil
+}
+
+func (x *Welcome) GetMaxResultBytes() uint64 {
+	if x != nil {
+		return x.MaxResultBytes
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxProgressBytes() uint32 {
+	if x != nil {
+		return x.MaxProgressBytes
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxProgressPerS() float64 {
+	if x != nil {
+		return x.MaxProgressPerS
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxSlots() uint32 {
+	if x != nil {
+		return x.MaxSlots
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxMutations() uint32 {
+	if x != nil {
+		return x.MaxMutations
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxIdBytes() uint32 {
+	if x != nil {
+		return x.MaxIdBytes
+	}
+	return 0
 }
 
 type Refusal struct {
@@ -1410,7 +1469,7 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\x04held\x18\b \x03(\v2\x1a.hivegrid.v1.AssignmentRefR\x04held\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x04\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -1419,7 +1478,15 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\x11session_timeout_s\x18\x04 \x01(\x01R\x0fsessionTimeoutS\x12*\n" +
 	"\x11max_message_bytes\x18\x05 \x01(\rR\x0fmaxMessageBytes\x12\x1b\n" +
 	"\tmax_batch\x18\x06 \x01(\rR\bmaxBatch\x12.\n" +
-	"\x04held\x18\a \x03(\v2\x1a.hivegrid.v1.AssignmentRefR\x04held\"!\n" +
+	"\x04held\x18\a \x03(\v2\x1a.hivegrid.v1.AssignmentRefR\x04held\x12(\n" +
+	"\x10max_result_bytes\x18\b \x01(\x04R\x0emaxResultBytes\x12,\n" +
+	"\x12max_progress_bytes\x18\t \x01(\rR\x10maxProgressBytes\x12+\n" +
+	"\x12max_progress_per_s\x18\n" +
+	" \x01(\x01R\x0fmaxProgressPerS\x12\x1b\n" +
+	"\tmax_slots\x18\v \x01(\rR\bmaxSlots\x12#\n" +
+	"\rmax_mutations\x18\f \x01(\rR\fmaxMutations\x12 \n" +
+	"\fmax_id_bytes\x18\r \x01(\rR\n" +
+	"maxIdBytes\"!\n" +
 	"\aRefusal\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"o\n" +
 	"\rAssignmentRef\x12\x15\n" +
@@ -1474,13 +1541,14 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
 	"\x0eOUTCOME_FAILED\x10\x02\x12\x15\n" +
-	"\x11OUTCOME_CANCELLED\x10\x03*\x92\x01\n" +
+	"\x11OUTCOME_CANCELLED\x10\x03*\xaa\x01\n" +
 	"\tAckStatus\x12\x1a\n" +
 	"\x16ACK_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ACK_STATUS_COMMITTED\x10\x01\x12\x14\n" +
 	"\x10ACK_STATUS_STALE\x10\x02\x12!\n" +
 	"\x1dACK_STATUS_MUTATIONS_REJECTED\x10\x03\x12\x16\n" +
-	"\x12ACK_STATUS_INVALID\x10\x042Y\n" +
+	"\x12ACK_STATUS_INVALID\x10\x04\x12\x16\n" +
+	"\x12ACK_STATUS_REFUSED\x10\x052Y\n" +
 	"\rWorkerService\x12H\n" +
 	"\aConnect\x12\x1b.hivegrid.v1.ConnectRequest\x1a\x1c.hivegrid.v1.ConnectResponse(\x010\x01BAZ?github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1;hivegridv1b\x06proto3"
 

@@ -37,8 +37,9 @@ export enum AckStatus {
   /** ACK_STATUS_COMMITTED - The result is durably committed. */
   ACK_STATUS_COMMITTED = 1,
   /**
-   * ACK_STATUS_STALE - The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended);
-   * the result was dropped. Nothing to do: the node's fate is in other hands.
+   * ACK_STATUS_STALE - The attempt is no longer current (re-dispatched, cancelled, timed out, or its run ended),
+   * or belongs to another session; the result was dropped and changed nothing. Nothing to do:
+   * the node's fate is in other hands.
    */
   ACK_STATUS_STALE = 2,
   /**
@@ -48,6 +49,11 @@ export enum AckStatus {
   ACK_STATUS_MUTATIONS_REJECTED = 3,
   /** ACK_STATUS_INVALID - The message itself was malformed (e.g. a result without an outcome). */
   ACK_STATUS_INVALID = 4,
+  /**
+   * ACK_STATUS_REFUSED - The result broke one of the limits announced in the Welcome (for example its size): the
+   * attempt was committed as failed, not retryable, with `message` as its error.
+   */
+  ACK_STATUS_REFUSED = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -94,7 +100,7 @@ export interface Hello {
   labels: { [key: string]: string };
   /**
    * How many assignments the worker runs at once: the coordinator never has more than this
-   * many unanswered assignments on the session.
+   * many unanswered assignments on the session (nor more than Welcome.max_slots).
    */
   slots: number;
   /**
@@ -125,6 +131,19 @@ export interface Welcome {
    * session (they count against its slots). Stop the others: their answers will be stale.
    */
   held: AssignmentRef[];
+  /**
+   * The coordinator's limits (0: none). A message past them is refused: a result larger than
+   * max_result_bytes fails its attempt (ACK_STATUS_REFUSED), progress past max_progress_bytes
+   * or max_progress_per_s is dropped, a batch of more than max_mutations fails the attempt
+   * (ACK_STATUS_MUTATIONS_REJECTED), and ids or names longer than max_id_bytes are refused.
+   */
+  maxResultBytes: bigint;
+  maxProgressBytes: number;
+  maxProgressPerS: number;
+  /** The slots the coordinator uses: Hello.slots, capped by its limit. */
+  maxSlots: number;
+  maxMutations: number;
+  maxIdBytes: number;
 }
 
 export interface Refusal {
@@ -739,6 +758,12 @@ function createBaseWelcome(): Welcome {
     maxMessageBytes: 0,
     maxBatch: 0,
     held: [],
+    maxResultBytes: 0n,
+    maxProgressBytes: 0,
+    maxProgressPerS: 0,
+    maxSlots: 0,
+    maxMutations: 0,
+    maxIdBytes: 0,
   };
 }
 
@@ -764,6 +789,27 @@ export const Welcome: MessageFns<Welcome> = {
     }
     for (const v of message.held) {
       AssignmentRef.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.maxResultBytes !== 0n) {
+      if (BigInt.asUintN(64, message.maxResultBytes) !== message.maxResultBytes) {
+        throw new globalThis.Error("value provided for field message.maxResultBytes of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.maxResultBytes);
+    }
+    if (message.maxProgressBytes !== 0) {
+      writer.uint32(72).uint32(message.maxProgressBytes);
+    }
+    if (message.maxProgressPerS !== 0) {
+      writer.uint32(81).double(message.maxProgressPerS);
+    }
+    if (message.maxSlots !== 0) {
+      writer.uint32(88).uint32(message.maxSlots);
+    }
+    if (message.maxMutations !== 0) {
+      writer.uint32(96).uint32(message.maxMutations);
+    }
+    if (message.maxIdBytes !== 0) {
+      writer.uint32(104).uint32(message.maxIdBytes);
     }
     return writer;
   },
@@ -837,6 +883,54 @@ export const Welcome: MessageFns<Welcome> = {
             message.held.push(AssignmentRef.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxResultBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxProgressBytes = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.maxProgressPerS = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.maxSlots = reader.uint32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.maxMutations = reader.uint32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.maxIdBytes = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -861,6 +955,14 @@ export const Welcome: MessageFns<Welcome> = {
     message.maxMessageBytes = object.maxMessageBytes ?? 0;
     message.maxBatch = object.maxBatch ?? 0;
     message.held = object.held?.map((e) => AssignmentRef.fromPartial(e)) || [];
+    message.maxResultBytes = (object.maxResultBytes !== undefined && object.maxResultBytes !== null)
+      ? BigInt(object.maxResultBytes)
+      : 0n;
+    message.maxProgressBytes = object.maxProgressBytes ?? 0;
+    message.maxProgressPerS = object.maxProgressPerS ?? 0;
+    message.maxSlots = object.maxSlots ?? 0;
+    message.maxMutations = object.maxMutations ?? 0;
+    message.maxIdBytes = object.maxIdBytes ?? 0;
     return message;
   },
 };
