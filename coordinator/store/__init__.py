@@ -8,6 +8,7 @@ from pathlib import Path
 from .base import SCHEMA_VERSION, Store, StoreError
 from .memory import MemoryStore
 from .sqlite import SqliteStore
+from .sqlite import backup as backup_sqlite
 
 
 def default_store_url() -> str:
@@ -15,8 +16,9 @@ def default_store_url() -> str:
     return f"sqlite:///{Path(home) / 'hivegrid.db'}"
 
 
-def open_store(url: str) -> Store:
-    """`memory` or `sqlite:///path/to/file.db`."""
+def open_store(url: str, *, holder: str = "") -> Store:
+    """`memory` or `sqlite:///path/to/file.db`. `holder` (e.g. "listening on 127.0.0.1:50051")
+    is what a second coordinator opening the same SQLite store is told about this one."""
     if url == "memory":
         return MemoryStore()
     if url.startswith("sqlite://"):
@@ -27,7 +29,7 @@ def open_store(url: str) -> Store:
             path = path[1:]
         if not path:
             raise StoreError("a sqlite store URL needs a path: sqlite:///path/to/hivegrid.db")
-        return SqliteStore(path)
+        return SqliteStore(path, holder=holder)
     raise StoreError(f"unknown store {url!r}: use 'memory' or 'sqlite:///path/to/file.db'")
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreError",
+    "backup_sqlite",
     "default_store_url",
     "open_store",
 ]
