@@ -63,6 +63,7 @@ TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
 
 class Node:
     __slots__ = (
+        "answered",
         "attempt",
         "dependents",
         "deps",
@@ -100,6 +101,9 @@ class Node:
         # fails or times out. A lost worker's attempt stays open while the node waits in READY,
         # so a reconnecting worker's result is still taken (docs/design.md).
         self.open = False
+        # The ack the latest attempt's answer got (AckStatus.COMMITTED or MUTATIONS_REJECTED),
+        # 0 while it has none: a resent answer gets the same ack again.
+        self.answered = 0
         self.session_id = ""
         self.result = b""
         self.error: NodeError | None = None
@@ -121,12 +125,14 @@ class Run:
         "counts",
         "created_at",
         "ended_at",
+        "entries",
         "failed",
         "last_seq",
         "limits",
         "name",
         "nodes",
         "on_ready",
+        "request_id",
         "rng_state",
         "run_id",
         "state",
@@ -143,8 +149,10 @@ class Run:
         seed: int,
         created_at: float,
         on_ready: Callable[[Node], None],
+        request_id: str = "",
     ) -> None:
         self.run_id = run_id
+        self.request_id = request_id
         self.name = name
         self.limits = limits
         self.nodes: dict[str, Node] = {}
@@ -157,6 +165,9 @@ class Run:
         self.created_at = created_at
         self.ended_at = 0.0
         self.last_seq = 0
+        # Ready-queue entries and timers of the core that hold one of its nodes (live or not):
+        # what deleting the run leaves behind for the core to sweep.
+        self.entries = 0
         # State of the run's jitter source (a 64-bit LCG): replay draws the same numbers.
         self.rng_state = seed & 0xFFFFFFFFFFFFFFFF
         # Changes since the runtime last took them: they go into the event being logged.
@@ -286,22 +297,3 @@ class Run:
         if self.cancelled:
             return RunState.CANCELLED
         return RunState.FAILED if self.failed else RunState.SUCCEEDED
-
-
-def is_ancestor_free(
-    run: Run, start: str, target: str, deps_of: Callable[[str], list[str]]
-) -> bool:
-    """True when `target` is not reachable from `start` by following dependencies. The walk
-    does not stop at started nodes: a node that runs on failure can sit above a SKIPPED node
-    that still waits on an unstarted one."""
-    stack = [start]
-    seen = {start}
-    while stack:
-        cur = stack.pop()
-        if cur == target:
-            return False
-        for d in deps_of(cur):
-            if d not in seen:
-                seen.add(d)
-                stack.append(d)
-    return True

@@ -53,6 +53,14 @@ class GraphError(ValueError):
     """A graph or a mutation batch that the core refuses; the message names the problem."""
 
 
+class RunExists(GraphError):
+    """`install_run`: a run with that id (or made by that request id) exists already."""
+
+
+class InvariantError(AssertionError):
+    """`validate(core)` found the core's state broken; the message names what."""
+
+
 @dataclass(slots=True, frozen=True)
 class RetryPolicy:
     max_attempts: int = 1
@@ -94,7 +102,7 @@ class NodeError:
     message: str
     retryable: bool = False
     # "agent", "timeout", "lost_worker", "mutation_rejected", "unknown_agent", "cancelled",
-    # "skipped".
+    # "skipped", "abandoned" (answered CANCELLED unasked), "too_large" (undeliverable assignment).
     kind: str = "agent"
 
 

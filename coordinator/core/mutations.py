@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from .graph import Node, Run, is_ancestor_free
+from .graph import Node, Run
 from .model import (
     DEFAULT_RETRY,
     NOT_STARTED,
@@ -67,7 +67,18 @@ def spec_problem(spec: NodeSpec) -> str:
 
 
 class _View:
-    __slots__ = ("actor", "added", "deps", "marks", "modified", "prunes", "removed", "run")
+    __slots__ = (
+        "actor",
+        "added",
+        "cycle_check_visited",
+        "deps",
+        "marks",
+        "modified",
+        "prunes",
+        "removed",
+        "rev",
+        "run",
+    )
 
     def __init__(self, run: Run, actor: Node | None) -> None:
         self.run = run
@@ -76,9 +87,16 @@ class _View:
         self.removed: set[str] = set()
         # New dependency lists of the nodes whose edges the batch touches.
         self.deps: dict[str, list[str]] = {}
+        # Reverse index of the edges the view holds (into added nodes and into the nodes in
+        # `deps`): dependency -> those dependents, in insertion order. With the run's own
+        # `dependents` for every other node, it gives a node's dependents in the new graph
+        # without scanning the batch.
+        self.rev: dict[str, dict[str, None]] = {}
         self.modified: dict[str, NodeSpec] = {}
         self.marks: dict[str, str] = {}
         self.prunes: list[str] = []
+        # How many nodes the cycle check looked at (a deterministic measure of its cost).
+        self.cycle_check_visited = 0
 
     def exists(self, node_id: str) -> bool:
         if node_id in self.removed:
@@ -122,26 +140,38 @@ class _View:
         return node.deps if node is not None else []
 
     def edit_deps(self, node_id: str) -> list[str]:
+        """The node's dependency list in the view, to change through `link` and `unlink`."""
         got = self.deps.get(node_id)
         if got is None:
             got = self.deps[node_id] = list(self.deps_of(node_id))
+            if node_id not in self.added:  # an added node's edges are indexed already
+                rev = self.rev
+                for dep in got:
+                    rev.setdefault(dep, {})[node_id] = None
         return got
 
+    def link(self, dep: str, node_id: str) -> None:
+        self.edit_deps(node_id).append(dep)
+        self.rev.setdefault(dep, {})[node_id] = None
+
+    def unlink(self, dep: str, node_id: str) -> None:
+        self.edit_deps(node_id).remove(dep)
+        self.rev[dep].pop(node_id, None)
+
     def dependents_of(self, node_id: str) -> list[str]:
+        """The node's dependents in the graph as the batch leaves it: O(its dependents)."""
         out: list[str] = []
         node = self.run.nodes.get(node_id)
-        if node is not None:
+        if node is not None and node.dependents:
+            removed, deps, added = self.removed, self.deps, self.added
+            # Those whose edges the view holds come from the reverse index.
             out.extend(
-                d
-                for d in node.dependents
-                if d not in self.removed and d not in self.deps and d not in self.added
+                d for d in node.dependents if d not in removed and d not in deps and d not in added
             )
-        out.extend(n for n, deps in self.deps.items() if node_id in deps and n not in self.removed)
-        out.extend(
-            n
-            for n, (spec, _) in self.added.items()
-            if n not in self.deps and node_id in spec.depends_on
-        )
+        got = self.rev.get(node_id)
+        if got:
+            removed = self.removed
+            out.extend(d for d in got if d not in removed)
         return out
 
     # --- one method per mutation kind ---------------------------------------------------
@@ -153,27 +183,34 @@ class _View:
         for dep in spec.depends_on:
             self.require(dep, f"{what}: dependency of {spec.id!r}")
         self.added[spec.id] = (spec, speculative)
+        rev = self.rev
+        for dep in spec.depends_on:
+            rev.setdefault(dep, {})[spec.id] = None
 
     def add_edge(self, from_id: str, to_id: str, what: str) -> None:
         self.require(from_id, what)
         self.require_not_started(to_id, what)
-        deps = self.edit_deps(to_id)
-        if from_id in deps:
+        if from_id in self.deps_of(to_id):
             raise GraphError(f"{what}: {to_id!r} already depends on {from_id!r}")
-        deps.append(from_id)
+        self.link(from_id, to_id)
 
     def remove_edge(self, from_id: str, to_id: str, what: str) -> None:
         self.require(from_id, what)
         self.require_not_started(to_id, what)
-        deps = self.edit_deps(to_id)
-        if from_id not in deps:
+        if from_id not in self.deps_of(to_id):
             raise GraphError(f"{what}: {to_id!r} does not depend on {from_id!r}")
-        deps.remove(from_id)
+        self.unlink(from_id, to_id)
 
     def remove_node(self, node_id: str, what: str) -> None:
         self.require_not_started(node_id, what)
         for dependent in self.dependents_of(node_id):
-            self.edit_deps(dependent).remove(node_id)
+            self.unlink(node_id, dependent)
+        self.rev.pop(node_id, None)
+        if node_id in self.deps or node_id in self.added:  # its own edges are indexed
+            for dep in self.deps_of(node_id):
+                got = self.rev.get(dep)
+                if got is not None:
+                    got.pop(node_id, None)
         self.removed.add(node_id)
         self.deps.pop(node_id, None)
 
@@ -211,7 +248,8 @@ class _View:
                 spec = dataclasses.replace(spec, depends_on=inherited)
             self.add_node(spec, False, what)
         for dependent in dependents:
-            self.edit_deps(dependent).extend(new_ids)
+            for new_id in new_ids:
+                self.link(new_id, dependent)
 
     def inject_before(self, m: InjectBefore, what: str) -> None:
         self.require_not_started(m.target_id, what)
@@ -280,17 +318,83 @@ def play(run: Run, batch: Sequence[Mutation], actor: Node | None) -> _View:
 
 
 def _check_acyclic(view: _View) -> None:
+    """Raises GraphError if the batch creates a cycle, looking only where one can be.
+
+    The run's graph is acyclic, so a cycle the batch creates goes through a new edge u -> v
+    (v depends on u), and every node on it is v or a descendant of v in the new graph. The
+    check collects R, the targets of new edges that have dependents (a node nothing depends on
+    is on no cycle) and their descendants, then runs one Kahn pass over R: what is left is on
+    a cycle or below one. Every target is a node that has not started, so R is the future of
+    the graph, never its history: the cost is bounded by what the batch can reach, not by the
+    size of the run (`view.cycle_check_visited` counts it)."""
+    nodes, added, removed = view.run.nodes, view.added, view.removed
+    dependents_of = view.dependents_of
+    targets: list[str] = []
     for node_id, deps in view.deps.items():
-        old = set(view.run.nodes[node_id].deps) if node_id in view.run.nodes else set()
-        for dep in deps:
-            if dep not in old and not is_ancestor_free(view.run, dep, node_id, view.deps_of):
-                raise GraphError(f"the batch creates a cycle through {dep!r} and {node_id!r}")
-    for node_id, (spec, _) in view.added.items():
-        if node_id in view.deps:
+        if node_id in removed:
             continue
-        for dep in spec.depends_on:
-            if not is_ancestor_free(view.run, dep, node_id, view.deps_of):
-                raise GraphError(f"the batch creates a cycle through {dep!r} and {node_id!r}")
+        if node_id not in added:
+            old = nodes[node_id].deps
+            if len(deps) <= len(old) and set(deps) <= set(old):
+                continue  # no new edge into it (only removals, or none)
+        targets.append(node_id)
+    for node_id, (spec, _) in added.items():
+        if spec.depends_on and node_id not in view.deps and node_id not in removed:
+            targets.append(node_id)
+    # R, closed under dependents; `succ` keeps each member's dependents (all of them in R).
+    succ: dict[str, list[str]] = {}
+    stack: list[str] = []
+    for node_id in targets:
+        if node_id not in succ:
+            succ[node_id] = out = dependents_of(node_id)
+            if out:
+                stack.append(node_id)
+            else:
+                del succ[node_id]  # a sink: on no cycle, and nothing below it to look at
+    stack.reverse()
+    while stack:
+        for child in succ[stack.pop()]:
+            if child not in succ:
+                succ[child] = dependents_of(child)
+                stack.append(child)
+    view.cycle_check_visited = len(succ)
+    if not succ:
+        return
+    indegree = dict.fromkeys(succ, 0)
+    for out in succ.values():
+        for child in out:
+            indegree[child] += 1
+    free = [n for n, k in indegree.items() if k == 0]
+    while free:
+        for child in succ[free.pop()]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                free.append(child)
+    left = {n for n, k in indegree.items() if k > 0}
+    if left:
+        dep, node_id = _cycle_edge(view, [t for t in targets if t in left] or sorted(left), left)
+        raise GraphError(f"the batch creates a cycle through {dep!r} and {node_id!r}")
+
+
+def _cycle_edge(view: _View, starts: list[str], left: set[str]) -> tuple[str, str]:
+    """A (dependency, node) edge the batch added on a cycle within `left` (what the Kahn pass
+    could not resolve: every node there has a dependency there too)."""
+    path = [starts[0]]
+    index = {starts[0]: 0}
+    while True:
+        nxt = next(d for d in view.deps_of(path[-1]) if d in left)
+        if nxt in index:
+            cycle = path[index[nxt] :]
+            break
+        index[nxt] = len(path)
+        path.append(nxt)
+    # cycle[i] depends on cycle[i + 1], and the last one on cycle[0].
+    edges = [(cycle[(i + 1) % len(cycle)], cycle[i]) for i in range(len(cycle))]
+    nodes = view.run.nodes
+    for dep, node_id in edges:
+        if node_id in view.added or dep not in nodes[node_id].deps:
+            return dep, node_id
+    return edges[0]  # pragma: no cover - a cycle of old edges only cannot exist
 
 
 def commit(view: _View, *, make_node: Callable[[NodeSpec, int], Node]) -> list[Node]:
@@ -354,7 +458,8 @@ def commit(view: _View, *, make_node: Callable[[NodeSpec, int], Node]) -> list[N
         elif kind == "confirm":
             if speculative:
                 run.release(node)
-        else:
+        else:  # a READY node marked and discarded in this batch leaves its queue too
+            node.queued = 0
             node.error = DISCARDED_ERROR
             run.transition(node, NodeState.SKIPPED)
     return _prune(view)

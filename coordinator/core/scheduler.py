@@ -6,8 +6,16 @@ call: the core never reads a clock, makes randomness of its own, or does I/O. Ea
 the state and leaves its consequences in the outbox:
 
 - `records`: what must be appended to the run's log, in order, each with the node transitions it
-  caused. A stimulus that changes nothing (a stale result) leaves no record.
+  caused. A stimulus that changes nothing (a stale result) leaves no record. Kinds: "submitted",
+  "dispatched", "finished" (data: payload, rejection), "lost", "timed_out", "progress",
+  "cancelled", "mutated", "node_failed" (data: node id, error; an assignment too large to
+  deliver), "ended".
 - `assignments` and `cancels`: what to push to which session.
+
+Fencing. An attempt belongs to the session it was dispatched to: only that session's answer
+counts while the node runs, and a held ref in a Hello reclaims an attempt only when its session is
+gone. Leases come from `new_lease` (random, in production), so they cannot be guessed. An answer
+resent after it was accepted gets the ack the first one got (`Node.answered`).
 
 `dispatch()` hands ready nodes to sessions with free slots, never more than a session granted.
 Replaying a log calls the same methods (with `replay_dispatch` for decisions that were made
@@ -20,7 +28,7 @@ import bisect
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from . import mutations as mutation_batch
@@ -35,6 +43,7 @@ from .model import (
     NodeSpec,
     NodeState,
     Outcome,
+    RunExists,
     RunLimits,
     RunState,
 )
@@ -42,7 +51,16 @@ from .model import (
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
 
 CANCELLED_ERROR = NodeError("run cancelled", kind="cancelled")
+ABANDONED_ERROR = NodeError(
+    "the worker gave the attempt up without being asked to (answered CANCELLED)",
+    True,
+    "abandoned",
+)
 TIMEOUT_KIND = "timeout"
+# A rejected batch fails the attempt with this error; the log may keep it as a plain failure.
+REJECTED_PREFIX = "mutations rejected: "
+REJECTED_KIND = "mutation_rejected"
+COMMITTED, MUTATIONS_REJECTED = int(AckStatus.COMMITTED), int(AckStatus.MUTATIONS_REJECTED)
 
 
 class Record:
@@ -71,6 +89,7 @@ class RestoredNode(NamedTuple):
     depth: int
     not_before: float
     open: bool
+    answered: int = 0
 
 
 class ReadyQueue:
@@ -173,12 +192,30 @@ class PreparedRun(NamedTuple):
 
 
 class Core:
-    def __init__(self, *, lease_epoch: int, default_limits: RunLimits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        lease_epoch: int,
+        default_limits: RunLimits | None = None,
+        new_lease: Callable[[], int] | None = None,
+        max_assignment_bytes: int = 0,
+    ) -> None:
+        """`new_lease`, if given, is where every dispatch draws its lease (the runtime passes
+        random 64-bit numbers, so that a lease cannot be guessed); without it leases count up
+        from `lease_epoch << 32` (the epoch is bumped at every start, so they are unique across
+        restarts). `max_assignment_bytes` > 0: a node whose assignment would be larger
+        (`assignment_bytes`) is failed instead of dispatched, since it could never be
+        delivered."""
         self.runs: dict[str, Run] = {}
         self.sessions: dict[str, Session] = {}
         self.default_limits = default_limits or RunLimits()
-        # Leases are unique across coordinator restarts: the epoch is bumped at every start.
         self._lease_ids = itertools.count((lease_epoch << 32) + 1)
+        self._new_lease = new_lease
+        self.max_assignment_bytes = max_assignment_bytes
+        # request id -> the run it created (while that run exists).
+        self._requests: dict[str, str] = {}
+        # Queue entries and timers still holding nodes of deleted runs (swept in bulk).
+        self._garbage = 0
         self._queues: dict[QueueKey, ReadyQueue] = {}
         self._queued = 0
         self._order = itertools.count(1)
@@ -202,13 +239,22 @@ class Core:
         now: float,
         payload: Any = None,
         checked: bool = False,
+        request_id: str = "",
     ) -> Run:
-        """Starts a run; raises GraphError (creating nothing) if the graph is malformed.
+        """Starts a run; raises GraphError (creating nothing) if the graph is malformed, and
+        RunExists if the run id, or the request id, is taken.
 
         `checked=True` skips the graph checks, for a replay of a graph that passed them when
         it was submitted."""
         prepared = self.prepare_run(
-            run_id, specs, limits=limits, name=name, seed=seed, now=now, checked=checked
+            run_id,
+            specs,
+            limits=limits,
+            name=name,
+            seed=seed,
+            now=now,
+            checked=checked,
+            request_id=request_id,
         )
         return self.install_run(prepared, now=now, payload=payload)
 
@@ -222,6 +268,7 @@ class Core:
         seed: int,
         now: float,
         checked: bool = False,
+        request_id: str = "",
     ) -> PreparedRun:
         """The expensive half of `submit_run`: checks the graph and builds the run without
         touching the core, so a caller may do it off its event loop. Raises GraphError."""
@@ -229,7 +276,13 @@ class Core:
         if not checked:
             _check_graph(specs, limits)
         run = Run(
-            run_id, name=name, limits=limits, seed=seed, created_at=now, on_ready=self._on_ready
+            run_id,
+            name=name,
+            limits=limits,
+            seed=seed,
+            created_at=now,
+            on_ready=self._on_ready,
+            request_id=request_id,
         )
         nodes: dict[str, Node] = {}
         for spec in specs:
@@ -252,13 +305,24 @@ class Core:
         run.transitions.clear()
         return PreparedRun(run, ready)
 
-    def install_run(self, prepared: PreparedRun, *, now: float, payload: Any = None) -> Run:
+    def install_run(
+        self, prepared: PreparedRun, *, now: float, payload: Any = None, request_id: str = ""
+    ) -> Run:
         """The cheap half of `submit_run`: makes a prepared run live and queues its ready
-        nodes. Raises GraphError if a run with its id exists by now."""
+        nodes. Raises RunExists if a run with its id exists by now, or if its request id
+        (`request_id`, or the one given to `prepare_run`) made a run that still exists: ask
+        `run_for_request` which."""
         self.now = now
         run = prepared.run
         if run.run_id in self.runs:
-            raise GraphError(f"run {run.run_id!r} already exists")
+            raise RunExists(f"run {run.run_id!r} already exists")
+        request_id = request_id or run.request_id
+        if request_id:
+            existing = self.run_for_request(request_id)
+            if existing is not None:
+                raise RunExists(f"request {request_id!r} already made run {existing!r}")
+            run.request_id = request_id
+            self._requests[request_id] = run.run_id
         self.runs[run.run_id] = run
         on_ready = self._on_ready
         for node in prepared.ready:
@@ -280,11 +344,18 @@ class Core:
         failed: bool,
         nodes: Sequence[RestoredNode],
         now: float,
+        request_id: str = "",
     ) -> Run:
         """Rebuilds a run from a snapshot (nodes as they were, with their current edges)."""
         self.now = now
         run = Run(
-            run_id, name=name, limits=limits, seed=0, created_at=created_at, on_ready=self._on_ready
+            run_id,
+            name=name,
+            limits=limits,
+            seed=0,
+            created_at=created_at,
+            on_ready=self._on_ready,
+            request_id=request_id,
         )
         run.rng_state, run.cancelled, run.failed = rng_state, cancelled, failed
         run.ended_at, run.last_seq = ended_at, last_seq
@@ -298,7 +369,7 @@ class Core:
                 r.lease,
             )
             node.result, node.error, node.not_before = r.result, r.error, r.not_before
-            node.open = r.open
+            node.open, node.answered = r.open, r.answered
             table[node.id] = node
             run.counts[node.state] += 1
             if node.state not in TERMINAL:
@@ -312,10 +383,35 @@ class Core:
         if run.unfinished == 0:
             run.state = run.end_state()
         self.runs[run_id] = run
+        if request_id:
+            self._requests[request_id] = run_id
         for node in table.values():
             if node.state is NodeState.READY:
                 self._on_ready(node)
         return run
+
+    def delete_run(self, run_id: str) -> None:
+        """Forgets an ended run (retention, or a client's DeleteRun); nothing is logged.
+        Raises KeyError if there is no such run, GraphError while it is running."""
+        run = self._run(run_id)
+        if run.state is RunState.RUNNING:
+            raise GraphError(f"run {run_id!r} is still running; cancel it first")
+        del self.runs[run_id]
+        if run.request_id and self._requests.get(run.request_id) == run_id:
+            del self._requests[run.request_id]
+        # Every node has ended, so no queue entry or timer of the run can fire (they check
+        # the node's state); what is left of them is swept once it makes up half of all.
+        if run.entries:
+            self._garbage += run.entries
+            if 2 * self._garbage >= len(self._timers) + self._queued:
+                self._sweep()
+
+    def run_for_request(self, request_id: str) -> str | None:
+        """The id of the run that request id made, while that run exists."""
+        if not request_id:
+            return None
+        run_id = self._requests.get(request_id)
+        return run_id if run_id is not None and run_id in self.runs else None
 
     def cancel_run(self, run_id: str, *, reason: str, now: float, payload: Any = None) -> RunState:
         self.now = now
@@ -362,31 +458,62 @@ class Core:
         now: float,
         payload: Any = None,
     ) -> tuple[AckStatus, str]:
-        """A worker's answer to an assignment. Returns the ack to send once it is durable."""
+        """A worker's answer to an assignment. Returns the ack to send once it is durable.
+
+        Fencing: the answer counts only if it names the node's current attempt (run, node,
+        attempt and lease) and, while the node runs, comes from the session running it. A
+        READY node's open attempt (its worker was lost) may be answered from anywhere
+        (docs/design.md). An answer resent after it was accepted gets the same ack again. A
+        stale answer changes nothing, except that it frees the session's slot if it is the
+        session's own entry for exactly that attempt (a cancelled or timed-out attempt)."""
         self.now = now
         session = self.sessions.get(session_id)
-        if session is not None and session.in_flight.pop(lease, None) is not None:
-            session.completed += 1
-            if not session.draining:
-                self._hungry.add(session_id)
-        node = self._current(run_id, node_id, attempt, lease)
-        if node is None:
+        if session is not None:
+            held = session.in_flight.get(lease)
+            # Only the entry of exactly the attempt named: a ref with the right lease and a
+            # wrong node must not free a running attempt's bookkeeping.
+            if (
+                held is not None
+                and held.spec.id == node_id
+                and held.run.run_id == run_id
+                and (held.attempt == attempt or held.lease != lease)
+            ):
+                del session.in_flight[lease]
+                session.completed += 1
+                if not session.draining:
+                    self._hungry.add(session_id)
+        run = self.runs.get(run_id)
+        node = run.nodes.get(node_id) if run is not None else None
+        if node is None or node.lease != lease or node.attempt != attempt:
             return AckStatus.STALE, "the attempt is no longer current"
-        run = node.run
-        if node.state is NodeState.CANCELLED:
-            node.open = False
-            if outcome is Outcome.CANCELLED and run.state is RunState.RUNNING:
-                self._settle(run, "finished", (payload, ""))
+        state = node.state
+        if not node.open:
+            if node.answered:
+                return self._answered_again(node)
+            return AckStatus.STALE, "the attempt is no longer current"
+        if state is NodeState.RUNNING:
+            if node.session_id != session_id:
+                return AckStatus.STALE, "the attempt belongs to another session"
+        elif state is NodeState.CANCELLED:
+            # The worker acknowledges the cancel (logged, so the attempt closes in replay too);
+            # any other answer is stale and, like every stale answer, changes nothing.
+            if outcome is Outcome.CANCELLED and node.run.state is RunState.RUNNING:
+                node.open = False
+                node.answered = COMMITTED
+                self._settle(node.run, "finished", (payload, ""))
                 return AckStatus.COMMITTED, ""
             return AckStatus.STALE, "the node was cancelled"
-        if node.state not in (NodeState.RUNNING, NodeState.READY):
+        elif state is not NodeState.READY:
             return AckStatus.STALE, "the attempt is no longer current"
+        run = node.run
         node.open = False
+        node.answered = COMMITTED
         if outcome is Outcome.CANCELLED:
-            if node.state is NodeState.RUNNING:
-                # The worker gave the attempt up on its own (it was shutting down): like a lost
-                # worker. A READY node (its worker was lost) just stays queued.
-                self._requeue(node)
+            if state is NodeState.RUNNING:
+                # Nobody asked (a cancelled, pruned or timed-out attempt is answered above):
+                # giving an attempt up costs one, or a worker could retry a node forever.
+                self._fail(node, ABANDONED_ERROR)
+            # A READY node (its worker was lost) is queued already: the attempt just closes.
             self._settle(run, "finished", (payload, ""))
             return AckStatus.COMMITTED, ""
         node.queued = 0
@@ -398,17 +525,32 @@ class Core:
             except GraphError as exc:
                 rejection = str(exc)
                 status = AckStatus.MUTATIONS_REJECTED
-                self._fail(
-                    node, NodeError(f"mutations rejected: {rejection}", True, "mutation_rejected")
-                )
+                node.answered = MUTATIONS_REJECTED
+                self._fail(node, NodeError(REJECTED_PREFIX + rejection, True, REJECTED_KIND))
             else:
                 node.result = result
                 node.error = None
                 run.transition(node, NodeState.SUCCEEDED)
         else:
-            self._fail(node, error or NodeError("failed without an error", True, "agent"))
+            if error is None:
+                error = NodeError("failed without an error", True, "agent")
+            elif error.kind == REJECTED_KIND and error.message.startswith(REJECTED_PREFIX):
+                # A rejected batch as the log keeps it (a plain failure): the same ack.
+                rejection = error.message[len(REJECTED_PREFIX) :]
+                status = AckStatus.MUTATIONS_REJECTED
+                node.answered = MUTATIONS_REJECTED
+            self._fail(node, error)
         self._settle(run, "finished", (payload, rejection))
         return status, rejection
+
+    def _answered_again(self, node: Node) -> tuple[AckStatus, str]:
+        """The ack a resent answer gets: the one the first got."""
+        if node.answered == MUTATIONS_REJECTED:
+            error = node.error
+            if error is not None and error.message.startswith(REJECTED_PREFIX):
+                return AckStatus.MUTATIONS_REJECTED, error.message[len(REJECTED_PREFIX) :]
+            return AckStatus.MUTATIONS_REJECTED, "the mutations were rejected"
+        return AckStatus(node.answered), ""
 
     def report_progress(
         self,
@@ -441,22 +583,22 @@ class Core:
         now: float,
     ) -> list[tuple[str, str, int, int]]:
         """Registers a session. Of the refs the worker says it still holds, keeps (and returns)
-        those whose attempt is still current; they occupy slots on the new session."""
+        those whose attempt is still current and whose session is gone (a READY node whose
+        attempt is still open, or a RUNNING node of no live session); they occupy slots on the
+        new session. An attempt another live session runs stays there."""
         self.now = now
         session = Session(session_id, worker_name, agents, labels, slots)
         session.queue_keys = [k for k in self._queues if session.matches(k)]
         self.sessions[session_id] = session
         kept = []
+        in_flight = session.in_flight
         for run_id, node_id, attempt, lease in held:
             node = self._current(run_id, node_id, attempt, lease)
-            if node is None or len(session.in_flight) >= slots:
+            if node is None or len(in_flight) >= slots or lease in in_flight:
                 continue
             if node.state is NodeState.RUNNING:
-                old = self.sessions.get(node.session_id)
-                if old is not None:
-                    old.in_flight.pop(lease, None)
-                    if not old.draining:
-                        self._hungry.add(old.id)
+                if node.session_id in self.sessions:
+                    continue  # another live session runs it (or this one holds it already)
             elif node.state is NodeState.READY:
                 node.queued = 0
                 node.run.set_state(node, NodeState.RUNNING)
@@ -490,7 +632,11 @@ class Core:
             return
         self._hungry.discard(session_id)
         for lease, node in session.in_flight.items():
-            if node.state is NodeState.RUNNING and node.lease == lease:
+            if (
+                node.state is NodeState.RUNNING
+                and node.lease == lease
+                and node.session_id == session_id
+            ):
                 self._requeue(node)
                 self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
 
@@ -503,8 +649,8 @@ class Core:
         if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
             return
         session = self.sessions.get(node.session_id)
-        if session is not None:
-            session.in_flight.pop(lease, None)
+        if session is not None and session.in_flight.get(lease) is node:
+            del session.in_flight[lease]
         self._requeue(node)
         self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
 
@@ -519,6 +665,7 @@ class Core:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, node, token = heapq.heappop(timers)
+            node.run.entries -= 1
             if kind == "backoff":
                 if node.state is NodeState.READY and node.queued == 0 and node.lease == token:
                     self._enqueue(node)
@@ -537,6 +684,53 @@ class Core:
             node, NodeError(f"timed out after {node.spec.timeout_s:g} s", True, TIMEOUT_KIND)
         )
         self._settle(node.run, "timed_out", (node_id, attempt, lease))
+
+    def fail_node(self, run_id: str, node_id: str, error: NodeError, *, now: float) -> None:
+        """Fails a READY node without running it (replaying a logged `node_failed`: its
+        assignment was too large to deliver)."""
+        self.now = now
+        node = self._run(run_id).nodes.get(node_id)
+        if node is None or node.state is not NodeState.READY:
+            return
+        self._fail_unrun(node, error)
+
+    # --- assignments ---------------------------------------------------------------------
+
+    def assignment_deps(self, node: Node) -> list[tuple[str, bytes]]:
+        """What travels with the node's assignment: the results of its dependencies that
+        succeeded, in dependency order."""
+        deps = node.deps
+        if not deps:
+            return []
+        nodes = node.run.nodes
+        succeeded = NodeState.SUCCEEDED
+        out = []
+        for dep_id in deps:
+            dep = nodes[dep_id]
+            if dep.state is succeeded:
+                out.append((dep_id, dep.result))
+        return out
+
+    def assignment_bytes(self, node: Node) -> int:
+        """A conservative estimate of the node's encoded Assignment: its input, the
+        dependency results that go with it (`assignment_deps`), metadata, ids and agent, each
+        with room for its framing."""
+        spec = node.spec
+        size = len(spec.input) + 128
+        for text in (spec.id, spec.agent, node.run.run_id):
+            size += len(text) if text.isascii() else len(text.encode())
+        deps = node.deps
+        if deps:
+            nodes = node.run.nodes
+            succeeded = NodeState.SUCCEEDED
+            for dep_id in deps:
+                dep = nodes[dep_id]
+                if dep.state is succeeded:
+                    size += len(dep_id.encode()) + len(dep.result) + 16
+        if spec.metadata:
+            for key, value in spec.metadata.items():
+                size += len(key.encode()) + len(value.encode()) + 16
+        return size
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -563,12 +757,18 @@ class Core:
     def _fill(self, session: Session, want: int) -> int:
         got = 0
         queues = self._queues
+        limit = self.max_assignment_bytes
         for key in session.queue_keys:
             queue = queues[key]
             while got < want and queue.size:
                 token, node = queue.pop()
                 self._queued -= 1
+                node.run.entries -= 1
                 if node.queued != token or node.state is not NodeState.READY:
+                    continue
+                if limit and self.assignment_bytes(node) > limit:
+                    # It could never be delivered: resending it would only kill streams.
+                    self._too_large(node, limit)
                     continue
                 self._start(node, session)
                 got += 1
@@ -580,7 +780,7 @@ class Core:
         """Re-applies a logged dispatch during replay (no session exists any more)."""
         node = self._run(run_id).nodes[node_id]
         node.attempt, node.lease, node.session_id, node.open = attempt, lease, "", True
-        node.queued = 0
+        node.queued = node.answered = 0
         if node.state is NodeState.READY:
             node.run.set_state(node, NodeState.RUNNING)
         node.run.transitions.clear()
@@ -615,9 +815,16 @@ class Core:
         return node
 
     def _start(self, node: Node, session: Session) -> None:
-        node.queued = 0
+        node.queued = node.answered = 0
         node.attempt += 1
-        node.lease = lease = next(self._lease_ids)
+        new_lease = self._new_lease
+        if new_lease is None:
+            lease = next(self._lease_ids)
+        else:
+            lease = new_lease()
+            while lease == 0 or lease == node.lease or lease in session.in_flight:
+                lease = new_lease()
+        node.lease = lease
         node.open = True
         node.session_id = session.id
         session.in_flight[lease] = node
@@ -632,18 +839,67 @@ class Core:
             )
         )
 
+    def _too_large(self, node: Node, limit: int) -> None:
+        size = self.assignment_bytes(node)
+        self._fail_unrun(
+            node,
+            NodeError(
+                f"its assignment would be {size} bytes, over the coordinator's limit of "
+                f"{limit} bytes",
+                False,
+                "too_large",
+            ),
+        )
+
+    def _fail_unrun(self, node: Node, error: NodeError) -> None:
+        """READY -> FAILED without a dispatch; an open attempt of a lost worker closes."""
+        node.queued = 0
+        node.open = False
+        node.error = error
+        node.run.transition(node, NodeState.FAILED)
+        self._settle(node.run, "node_failed", (node.id, error))
+
+    def _sweep(self) -> None:
+        """Drops the queue entries and timers that hold nodes of deleted runs (and the stale
+        queue entries of live ones, while at it)."""
+        runs = self.runs
+        self._timers = [t for t in self._timers if runs.get(t[3].run.run_id) is t[3].run]
+        heapq.heapify(self._timers)
+        total = 0
+        for queue in self._queues.values():
+            size = 0
+            for priority, lane in queue.lanes.items():
+                kept: deque[tuple[int, Node]] = deque()
+                for entry in lane:
+                    token, node = entry
+                    run = node.run
+                    if runs.get(run.run_id) is not run:
+                        continue
+                    if node.queued == token:
+                        kept.append(entry)
+                    else:
+                        run.entries -= 1
+                queue.lanes[priority] = kept
+                size += len(kept)
+            queue.size = size
+            total += size
+        self._queued = total
+        self._garbage = 0
+
     def _arm_timeout(self, node: Node) -> None:
         if node.spec.timeout_s > 0:
             heapq.heappush(
                 self._timers,
                 (self.now + node.spec.timeout_s, next(self._order), "timeout", node, node.lease),
             )
+            node.run.entries += 1
 
     def _on_ready(self, node: Node) -> None:
         if node.not_before > self.now:
             heapq.heappush(
                 self._timers, (node.not_before, next(self._order), "backoff", node, node.lease)
             )
+            node.run.entries += 1
         else:
             self._enqueue(node)
 
@@ -659,6 +915,7 @@ class Core:
         node.queued = token = next(self._order)
         queue.push(spec.priority, token, node)
         self._queued += 1
+        node.run.entries += 1
 
     def _requeue(self, node: Node) -> None:
         """RUNNING -> READY without spending a retry (lost worker, attempt given up)."""

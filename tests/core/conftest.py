@@ -55,8 +55,8 @@ def retry(max_attempts: int, **kw: Any) -> RetryPolicy:
 
 
 class Driver:
-    def __init__(self, *, lease_epoch: int = 1, check: bool = True) -> None:
-        self.core = Core(lease_epoch=lease_epoch)
+    def __init__(self, *, lease_epoch: int = 1, check: bool = True, **core_kw: Any) -> None:
+        self.core = Core(lease_epoch=lease_epoch, **core_kw)
         self.now = 0.0
         self.run_id = RUN
         self.check = check
@@ -311,6 +311,9 @@ def replay(log: Sequence[tuple[float, Record]], *, now: float) -> Core:
             core.cancel_run(run_id, reason=data, now=t)
         elif kind == "mutated":
             core.mutate_run(run_id, data, now=t)
+        elif kind == "node_failed":
+            node_id, error = data
+            core.fail_node(run_id, node_id, error, now=t)
         else:
             assert kind in ("progress", "ended"), kind
         core.take_outbox()
@@ -335,6 +338,8 @@ def node_facts(core: Core) -> dict[tuple[str, str], tuple[Any, ...]]:
             n.not_before,
             n.depth,
             n.parent_id,
+            n.open,
+            n.answered,
         )
         for run_id, run in core.runs.items()
         for node_id, n in run.nodes.items()

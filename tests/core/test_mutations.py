@@ -605,3 +605,10 @@ def test_a_node_that_already_ran_an_attempt_counts_as_started(
     with pytest.raises(GraphError, match="started"):
         drv.mutate(batch)
     assert drv.snapshot() == before
+
+
+def test_a_ready_node_marked_then_discarded_in_one_batch_leaves_its_queue(drv: Driver) -> None:
+    # Found by the scheduler invariants of validate: the SKIPPED node kept a live queue entry.
+    drv.submit([spec("a", agent="slow"), spec("b")])
+    drv.mutate([MarkSpeculative("a"), DiscardSpeculative("a")])
+    assert (drv.state("a"), drv.node("a").queued) == (SK, 0)

@@ -136,32 +136,44 @@ def test_unknown_refs_are_stale(drv: Driver) -> None:
     assert drv.state("a") is RN
 
 
-def test_answer_for_a_finished_node_is_stale(drv: Driver) -> None:
+def test_answer_resent_for_a_finished_node_gets_the_first_ack(drv: Driver) -> None:
     drv.submit([spec("a"), spec("b")])
     a = drv.run_to("a")
-    drv.succeed(a)
-    assert drv.succeed(a)[0] is AckStatus.STALE
-    assert drv.fail(a)[0] is AckStatus.STALE
+    drv.succeed(a, result=b"1")
+    before = drv.snapshot()
+    logged = len(drv.log)
+    assert drv.succeed(a, result=b"2") == (AckStatus.COMMITTED, "")
+    assert drv.fail(a) == (AckStatus.COMMITTED, "")
+    assert drv.snapshot() == before
+    assert drv.node("a").result == b"1"
+    assert len(drv.log) == logged
 
 
-def test_held_refs_move_a_running_attempt_to_the_new_session(drv: Driver) -> None:
+def test_held_refs_do_not_take_an_attempt_from_a_live_session(drv: Driver) -> None:
+    # Issue 9: a Hello naming another live session's attempt took it over; the owner was not
+    # told and its slot was refilled, so it ran more than its slots.
     drv.submit([spec("a"), spec("b"), spec("c")])
     s1 = drv.open(2)
     got = {a.node.id: a for a in drv.dispatch()}
     a = got["a"]
-    held = [(drv.run_id, "a", a.attempt, a.lease), (drv.run_id, "a", 9, a.lease)]
-    s2 = drv.open(2, held=held)  # the worker reconnected before s1 timed out
-    assert drv.kept == [(drv.run_id, "a", a.attempt, a.lease)]
+    logged = len(drv.log)
+    s2 = drv.open(2, held=[(drv.run_id, "a", a.attempt, a.lease)])
+    assert drv.kept == []
     node = drv.node("a")
-    assert (node.state, node.session_id, node.attempt, node.lease) == (RN, s2, 1, a.lease)
-    assert a.lease not in drv.core.sessions[s1].in_flight
-    assert drv.core.sessions[s2].in_flight == {a.lease: node}
-    (_, rec) = drv.log[-1]
-    assert (rec.kind, rec.data[:4]) == ("dispatched", ("a", 1, a.lease, s2))
-    # Closing the old session does not take the attempt away from the new one.
+    assert (node.state, node.session_id) == (RN, s1)
+    assert drv.core.sessions[s1].in_flight[a.lease] is node
+    assert drv.core.sessions[s2].in_flight == {}
+    assert len(drv.log) == logged
+    assert [(x.node.id, x.session_id) for x in drv.dispatch()] == [("c", s2)]
+    assert len(drv.core.sessions[s1].in_flight) == 2
+    # Once s1 is gone, the attempt is the reconnected worker's to keep.
     drv.close(s1)
-    assert drv.state("a") is RN
-    assert drv.succeed(a, session_id=s2)[0] is AckStatus.COMMITTED
+    s3 = drv.open(2, held=[(drv.run_id, "a", a.attempt, a.lease), (drv.run_id, "a", 9, a.lease)])
+    assert drv.kept == [(drv.run_id, "a", a.attempt, a.lease)]
+    assert (node.state, node.session_id, node.attempt, node.lease) == (RN, s3, 1, a.lease)
+    (_, rec) = drv.log[-1]
+    assert (rec.kind, rec.data[:4]) == ("dispatched", ("a", 1, a.lease, s3))
+    assert drv.succeed(a, session_id=s3)[0] is AckStatus.COMMITTED
 
 
 def test_held_ref_of_a_lost_attempt_is_leased_again(drv: Driver) -> None:
@@ -186,10 +198,12 @@ def test_held_refs_past_the_slots_or_stale_are_dropped(drv: Driver) -> None:
     s1 = drv.open(3)
     got = {x.node.id: x for x in drv.dispatch()}
     drv.succeed(got["c"])
+    drv.close(s1)
     held = [(drv.run_id, i, got[i].attempt, got[i].lease) for i in ("a", "b", "c")]
-    drv.open(1, held=held)
+    s2 = drv.open(1, held=held)
     assert drv.kept == [held[0]]
-    assert drv.node("b").session_id == s1
+    assert drv.node("a").session_id == s2
+    assert (drv.state("b"), drv.node("b").open) == (RD, True)
     assert drv.state("c") is OK
 
 
