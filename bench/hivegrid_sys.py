@@ -94,9 +94,21 @@ class Client:
         return out
 
     def get_run(self, run_id: str, results: bool = True) -> rpb.GetRunResponse:
-        return self.stub.GetRun(
-            rpb.GetRunRequest(run_id=run_id, omit_results=not results), timeout=300
-        )
+        """The run with all its nodes (every page)."""
+        whole = rpb.GetRunResponse()
+        token = ""
+        while True:
+            page = self.stub.GetRun(
+                rpb.GetRunRequest(
+                    run_id=run_id, omit_results=not results, page_size=10_000, page_token=token
+                ),
+                timeout=300,
+            )
+            whole.run.CopyFrom(page.run)
+            whole.nodes.extend(page.nodes)
+            token = page.next_page_token
+            if not token:
+                return whole
 
 
 class Env:

@@ -16,7 +16,9 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import grpc
@@ -157,10 +159,42 @@ class Client:
             time.sleep(0.2)
 
     def get_run(self, run_id: str, *, omit_results: bool = False) -> run_pb2.GetRunResponse:
-        response: run_pb2.GetRunResponse = self.call(
-            "GetRun", run_pb2.GetRunRequest(run_id=run_id, omit_results=omit_results)
-        )
-        return response
+        """The run and all of its nodes (GetRun pages through them)."""
+        whole = run_pb2.GetRunResponse()
+        token = ""
+        while True:
+            page: run_pb2.GetRunResponse = self.call(
+                "GetRun",
+                run_pb2.GetRunRequest(
+                    run_id=run_id, omit_results=omit_results, page_size=10_000, page_token=token
+                ),
+            )
+            whole.run.CopyFrom(page.run)
+            whole.nodes.extend(page.nodes)
+            token = page.next_page_token
+            if not token:
+                return whole
+
+    def submit(self, request: run_pb2.SubmitRunRequest) -> str:
+        """Submits a run. Retried while the coordinator is unreachable for a moment: the
+        request id makes a retry return the run the first attempt created, if it did."""
+        if not request.request_id:
+            request.request_id = uuid.uuid4().hex
+        deadline = time.monotonic() + 10.0
+        backoff = 0.1
+        while True:
+            try:
+                response = self.stub.SubmitRun(request, timeout=_CALL_TIMEOUT_S)
+                return str(response.run_id)
+            except grpc.RpcError as exc:
+                unavailable = isinstance(exc, grpc.Call) and exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not unavailable or time.monotonic() > deadline:
+                    raise self.translate(exc, refused="the coordinator refused the graph") from None
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
 
 def _address(args: argparse.Namespace) -> str:
@@ -187,8 +221,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.name is not None:
         request.name = args.name
     with Client(_address(args)) as client:
-        response = client.call("SubmitRun", request, refused="the coordinator refused the graph")
-        run_id = response.run_id
+        run_id = client.submit(request)
         if not args.wait:
             if args.json:
                 _print_json(render.run_json(client.get_run(run_id)))
@@ -320,14 +353,35 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    if args.action == "delete":
+        if not args.ids:
+            raise CliError("hivegrid runs delete RUN [RUN ...]: name the runs", EXIT_USAGE)
+        with Client(_address(args)) as client:
+            for run_id in args.ids:
+                client.call("DeleteRun", run_pb2.DeleteRunRequest(run_id=run_id))
+                print(f"run {run_id}: deleted")
+        return EXIT_OK
+    if args.ids:
+        raise CliError("hivegrid runs takes no run ids (did you mean 'runs delete'?)", EXIT_USAGE)
     if args.limit < 0:
         raise CliError("--limit must be 0 or more", EXIT_USAGE)
     with Client(_address(args)) as client:
-        response = client.call("ListRuns", run_pb2.ListRunsRequest(limit=args.limit))
+        runs: list[run_pb2.RunInfo] = []
+        token = ""
+        want = args.limit or 100
+        while len(runs) < want:
+            response = client.call(
+                "ListRuns",
+                run_pb2.ListRunsRequest(limit=min(1000, want - len(runs)), page_token=token),
+            )
+            runs.extend(response.runs)
+            token = response.next_page_token
+            if not token:
+                break
     if args.json:
-        _print_json(render.runs_json(response.runs))
+        _print_json(render.runs_json(runs))
     else:
-        print(render.runs_table(response.runs))
+        print(render.runs_table(runs))
     return EXIT_OK
 
 
@@ -369,8 +423,18 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.session_timeout <= args.heartbeat_interval:
         raise CliError("--session-timeout must be longer than --heartbeat-interval", EXIT_USAGE)
     # Imported here: the client commands must not pay for (or depend on) the server.
+    from coordinator.limits import LimitsError, load_limits
     from coordinator.server import run_coordinator
 
+    overrides = list(args.limit or [])
+    if args.retain is not None:
+        overrides.append(f"retain_s={args.retain}")
+    if args.retain_runs is not None:
+        overrides.append(f"retain_runs={args.retain_runs}")
+    try:
+        limits = load_limits(Path(args.config) if args.config else None, overrides)
+    except LimitsError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     try:
         return int(
             run_coordinator(
@@ -378,10 +442,30 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
                 store_url=args.store,  # None: the default sqlite file
                 heartbeat_interval_s=args.heartbeat_interval,
                 session_timeout_s=args.session_timeout,
+                limits=limits,
             )
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from coordinator.store import StoreError, backup_sqlite, default_store_url
+
+    url = args.store or default_store_url()
+    if not url.startswith("sqlite://"):
+        raise CliError(f"hivegrid backup copies a SQLite store; {url!r} is not one", EXIT_USAGE)
+    path = url[len("sqlite://") :]
+    while path.startswith("//"):
+        path = path[1:]
+    if not Path(path).exists():
+        raise CliError(f"no store at {path}", EXIT_USAGE)
+    try:
+        backup_sqlite(path, args.path)
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from None
+    print(f"backed up {path} to {args.path}")
+    return EXIT_OK
 
 
 def _load_worker_object(target: str) -> Any:
@@ -506,6 +590,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a silent worker session ends after this many seconds (default: %(default)s)",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file whose [limits] table sets limits (docs/operations.md lists them)",
+    )
+    p.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="set one limit, e.g. max_message_bytes=16MiB (repeatable; overrides --config)",
+    )
+    p.add_argument(
+        "--retain",
+        metavar="DURATION",
+        help="delete ended runs this long after they ended, e.g. 7d, 12h (0: keep; default 7d)",
+    )
+    p.add_argument(
+        "--retain-runs",
+        metavar="N",
+        help="keep at most N ended runs, deleting the oldest (0: no cap; default 10000)",
+    )
+
+    p = add("backup", cmd_backup, "copy a SQLite store consistently, even while it is in use")
+    p.add_argument("path", metavar="PATH", help="where to write the copy (must not exist)")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help=f"the store to copy (default: hivegrid.db in ${HOME_ENV} or ~/.hivegrid)",
+    )
 
     p = add("worker", cmd_worker, "run a Python worker (a worker.Worker object)", parents=[client])
     p.add_argument("target", metavar="MODULE:ATTR", help="where the worker.Worker object is")
@@ -550,7 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN")
     p.add_argument("--reason", default="cancelled from the command line")
 
-    p = add("runs", cmd_runs, "list runs, newest first", parents=[client])
+    p = add(
+        "runs",
+        cmd_runs,
+        "list runs, newest first; 'runs delete RUN...' deletes ended runs",
+        parents=[client],
+    )
+    p.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    p.add_argument("ids", nargs="*", metavar="RUN")
     p.add_argument("--limit", type=int, default=50, metavar="N")
     p.add_argument("--json", action="store_true")
 

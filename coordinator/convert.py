@@ -57,6 +57,10 @@ def limits_from_pb(msg: gpb.RunLimits, default: core.RunLimits) -> core.RunLimit
     )
 
 
+def limits_to_pb(limits: core.RunLimits) -> gpb.RunLimits:
+    return gpb.RunLimits(max_nodes=limits.max_nodes, max_spawn_depth=limits.max_spawn_depth)
+
+
 def mutation_from_pb(m: gpb.Mutation) -> core.Mutation:
     kind = m.WhichOneof("kind")
     if kind == "add_node":
@@ -90,7 +94,9 @@ def mutation_from_pb(m: gpb.Mutation) -> core.Mutation:
         return core.ConfirmSpeculative(m.confirm_speculative.id)
     if kind == "discard_speculative":
         return core.DiscardSpeculative(m.discard_speculative.id)
-    raise core.GraphError("a mutation without a kind")
+    raise core.GraphError(
+        "a mutation without a kind (empty, or a kind this coordinator does not know)"
+    )
 
 
 def mutations_from_pb(ms: Iterable[gpb.Mutation]) -> list[core.Mutation]:

@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from hivegrid.v1 import run_pb2, run_pb2_grpc, worker_pb2, worker_pb2_grpc
 
-from .runtime import MAX_MESSAGE_BYTES, Runtime
+from .limits import DEFAULT_LIMITS, Limits
+from .runtime import Runtime
 from .service import RunServicer, WorkerServicer
 from .store import StoreError, default_store_url, open_store
 
@@ -55,16 +56,42 @@ class Coordinator:
         heartbeat_interval_s: float = 2.0,
         session_timeout_s: float = 6.0,
         snapshot_every: int = 200_000,
+        limits: Limits = DEFAULT_LIMITS,
+        store_retry_s: float = 1.0,
     ) -> None:
         self.listen = listen
+        self.limits = limits
         self.runtime = Runtime(
-            open_store(store_url),
+            open_store(store_url, holder=f"listening on {listen}"),
             heartbeat_interval_s=heartbeat_interval_s,
             session_timeout_s=session_timeout_s,
             snapshot_every=snapshot_every,
+            limits=limits,
+            on_health=self._store_health,
+            store_retry_s=store_retry_s,
         )
         self.address = ""
         self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._served: tuple[str, ...] = ()
+        self._health_tasks: set[asyncio.Task[None]] = set()
+
+    def _store_health(self, serving: bool) -> None:
+        """The journal's word on the store: NOT_SERVING while it cannot write."""
+        task = asyncio.get_running_loop().create_task(self._set_health(serving))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _set_health(self, serving: bool) -> None:
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._served:
+            await self._health.set(name, status)
 
     async def start(self) -> None:
         """Opens the port, recovers from the store, then serves (see `_AfterRecovery`)."""
@@ -76,8 +103,8 @@ class Coordinator:
         server = self._server = grpc.aio.server(
             interceptors=[_AfterRecovery(ready, exempt)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", self.limits.max_message_bytes),
+                ("grpc.max_send_message_length", self.limits.max_message_bytes),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
@@ -85,7 +112,7 @@ class Coordinator:
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerServicer(self.runtime), server)
         run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(self.runtime), server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         services = (
             worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -100,22 +127,28 @@ class Coordinator:
         host = self.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{port}"
         await server.start()
-        for name in ("", *services[:2]):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._served = ("", *services[:2])
+        await self._set_health(False)
         try:
             await self.runtime.start()
         except BaseException:
             await server.stop(None)
             raise
         ready.set()
-        for name in ("", *services[:2]):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(True)
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.runtime.stop_sessions()
         if self._server is not None:
             await self._server.stop(grace)
         await self.runtime.stop()
+
+    async def abandon(self) -> None:
+        """Ends the coordinator the way a killed process ends: streams drop, nothing that was
+        not committed is written, no snapshot, the store is released. For crash tests."""
+        if self._server is not None:
+            await self._server.stop(None)
+        await self.runtime.abandon()
 
     async def __aenter__(self) -> Coordinator:
         await self.start()
@@ -149,6 +182,7 @@ def run_coordinator(
     store_url: str | None = None,
     heartbeat_interval_s: float = 2.0,
     session_timeout_s: float = 6.0,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> int:
     """Runs the daemon until SIGTERM/SIGINT. Returns the process exit code."""
     logging.basicConfig(
@@ -162,6 +196,7 @@ def run_coordinator(
             store_url=store_url or default_store_url(),
             heartbeat_interval_s=heartbeat_interval_s,
             session_timeout_s=session_timeout_s,
+            limits=limits,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(coordinator))

@@ -2,36 +2,43 @@
 
 A snapshot is taken on the event loop (the core is consistent between stimuli) and written by the
 journal's writer in the same transaction as every event appended before it, so it covers exactly
-the events up to its position in the log.
+the events up to its position in the log. It is written as chunks of bounded size (a run larger
+than a chunk continues in the next ones), so no single row of the store holds the whole state.
 """
 
 from __future__ import annotations
+
+from collections.abc import Container, Iterable
 
 from hivegrid.storage.v1 import storage_pb2 as spb
 
 from . import convert
 from .core import Core, NodeState, RestoredNode, RunLimits
+from .core.graph import Run
+
+# A chunk ends after this many nodes or about this many bytes of inputs and results.
+CHUNK_NODES = 50_000
+CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def dump(core: Core) -> bytes:
+def dump(core: Core) -> list[bytes]:
+    chunks: list[bytes] = []
     snap = spb.Snapshot()
+    held_nodes = 0
+    held_bytes = 0
+    fill_spec = convert.fill_spec_pb
     for run in core.runs.values():
-        r = snap.runs.add(
-            run_id=run.run_id,
-            name=run.name,
-            state=int(run.state),
-            created_at=run.created_at,
-            ended_at=run.ended_at,
-            last_seq=run.last_seq,
-            rng_state=run.rng_state,
-            cancelled=run.cancelled,
-            failed=run.failed,
-        )
-        r.limits.max_nodes = run.limits.max_nodes
-        r.limits.max_spawn_depth = run.limits.max_spawn_depth
+        part = 0
+        r = _run_header(snap, run, part)
         add = r.nodes.add
-        fill_spec = convert.fill_spec_pb
         for node in run.nodes.values():
+            if held_nodes >= CHUNK_NODES or held_bytes >= CHUNK_BYTES:
+                chunks.append(snap.SerializeToString())
+                snap = spb.Snapshot()
+                held_nodes = held_bytes = 0
+                part += 1
+                r = snap.runs.add(run_id=run.run_id, part=part)
+                add = r.nodes.add
             n = add(
                 state=int(node.state),
                 attempt=node.attempt,
@@ -42,17 +49,59 @@ def dump(core: Core) -> bytes:
                 spawn_depth=node.depth,
                 not_before=node.not_before,
                 open_attempt=node.open,
+                answered=node.answered,
             )
             fill_spec(n.spec, node.spec, node.deps)
             if node.error is not None:
                 n.error.CopyFrom(convert.error_to_pb(node.error))
-    return snap.SerializeToString()
+            held_nodes += 1
+            held_bytes += len(node.result) + len(node.spec.input)
+    if snap.runs or not chunks:
+        chunks.append(snap.SerializeToString())
+    return chunks
 
 
-def load(core: Core, data: bytes, *, now: float) -> int:
-    """Restores every run of a snapshot into an empty core; returns how many."""
-    snap = spb.Snapshot.FromString(data)
-    for r in snap.runs:
+def _run_header(snap: spb.Snapshot, run: Run, part: int) -> spb.RunSnapshot:
+    r = snap.runs.add(
+        run_id=run.run_id,
+        name=run.name,
+        state=int(run.state),
+        created_at=run.created_at,
+        ended_at=run.ended_at,
+        last_seq=run.last_seq,
+        rng_state=run.rng_state,
+        cancelled=run.cancelled,
+        failed=run.failed,
+        request_id=run.request_id,
+        part=part,
+    )
+    limits = run.limits
+    r.limits.max_nodes = limits.max_nodes
+    r.limits.max_spawn_depth = limits.max_spawn_depth
+    return r
+
+
+def load(core: Core, chunks: Iterable[bytes], *, now: float, skip: Container[str] = ()) -> int:
+    """Restores every run of a snapshot into an empty core, except those in `skip` (deleted
+    since); returns how many. Raises DecodeError, ValueError or KeyError on a damaged snapshot,
+    possibly with some runs restored already: the caller starts again from an empty core."""
+    runs: dict[str, tuple[spb.RunSnapshot, list[spb.NodeSnapshot]]] = {}
+    for data in chunks:
+        snap = spb.Snapshot.FromString(data)
+        for r in snap.runs:
+            if r.part == 0:
+                if r.run_id in runs:
+                    raise ValueError(f"run {r.run_id!r} appears twice in the snapshot")
+                runs[r.run_id] = (r, list(r.nodes))
+            else:
+                entry = runs.get(r.run_id)
+                if entry is None:
+                    raise ValueError(f"part {r.part} of run {r.run_id!r} has no first part")
+                entry[1].extend(r.nodes)
+    restored = 0
+    for run_id, (r, node_msgs) in runs.items():
+        if run_id in skip:
+            continue
         nodes = [
             RestoredNode(
                 spec=convert.spec_from_pb(n.spec),
@@ -66,11 +115,12 @@ def load(core: Core, data: bytes, *, now: float) -> int:
                 depth=n.spawn_depth,
                 not_before=n.not_before,
                 open=n.open_attempt,
+                answered=n.answered,
             )
-            for n in r.nodes
+            for n in node_msgs
         ]
         core.restore_run(
-            r.run_id,
+            run_id,
             name=r.name,
             limits=RunLimits(
                 max_nodes=r.limits.max_nodes, max_spawn_depth=r.limits.max_spawn_depth
@@ -83,5 +133,7 @@ def load(core: Core, data: bytes, *, now: float) -> int:
             failed=r.failed,
             nodes=nodes,
             now=now,
+            request_id=r.request_id,
         )
-    return len(snap.runs)
+        restored += 1
+    return restored

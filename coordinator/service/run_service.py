@@ -10,18 +10,25 @@ from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import run_pb2_grpc
 
-from ..core import GraphError
+from ..core import GraphError, RunExists
+from ..limits import LimitExceeded
 from ..runtime import Runtime
 from ..store import StoreError
+
+_Refused = (GraphError, KeyError, StoreError, LimitExceeded)
 
 
 async def _fail(
     context: grpc.aio.ServicerContext[Any, Any], exc: Exception, run_id: str = ""
 ) -> NoReturn:
+    if isinstance(exc, RunExists):
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, LimitExceeded):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, GraphError):
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, KeyError):
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}")
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id[:100]!r}")
     if isinstance(exc, StoreError):
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"the coordinator's store failed: {exc}")
     raise exc
@@ -36,19 +43,25 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             run_id = await self.runtime.submit(request)
             await self.runtime.durable()  # a client told "created" must find it after a crash
             return rpb.SubmitRunResponse(run_id=run_id)
-        except (GraphError, StoreError) as exc:
+        except _Refused as exc:
             await _fail(context, exc)
 
     async def GetRun(self, request: Any, context: Any) -> Any:
         try:
-            return self.runtime.get_run(request.run_id, with_results=not request.omit_results)
-        except (KeyError, StoreError) as exc:
+            return self.runtime.get_run(
+                request.run_id,
+                with_results=not request.omit_results,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        except _Refused as exc:
             await _fail(context, exc, request.run_id)
 
     async def ListRuns(self, request: Any, context: Any) -> Any:
         try:
-            return rpb.ListRunsResponse(runs=self.runtime.list_runs(request.limit))
-        except StoreError as exc:
+            runs, token = self.runtime.list_runs(request.limit, request.page_token)
+            return rpb.ListRunsResponse(runs=runs, next_page_token=token)
+        except _Refused as exc:
             await _fail(context, exc)
 
     async def WatchRun(self, request: Any, context: Any) -> Any:
@@ -57,7 +70,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
                 request.run_id, request.from_seq, request.follow_after_end
             ):
                 yield rpb.WatchRunResponse(events=events)
-        except (KeyError, StoreError) as exc:
+        except _Refused as exc:
             await _fail(context, exc, request.run_id)
 
     async def CancelRun(self, request: Any, context: Any) -> Any:
@@ -65,7 +78,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             state = self.runtime.cancel(request.run_id, request.reason)
             await self.runtime.durable()
             return rpb.CancelRunResponse(state=gpb.RunState.ValueType(state))
-        except (KeyError, StoreError) as exc:
+        except _Refused as exc:
             await _fail(context, exc, request.run_id)
 
     async def MutateRun(self, request: Any, context: Any) -> Any:
@@ -73,7 +86,7 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
             seq = self.runtime.mutate(request.run_id, request.mutations)
             await self.runtime.durable()
             return rpb.MutateRunResponse(seq=seq)
-        except (KeyError, GraphError, StoreError) as exc:
+        except _Refused as exc:
             await _fail(context, exc, request.run_id)
 
     async def ListWorkers(self, request: Any, context: Any) -> Any:
@@ -84,3 +97,13 @@ class RunServicer(run_pb2_grpc.RunServiceServicer):
         if not count:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no worker {request.worker!r}")
         return rpb.DrainWorkerResponse(drained=count)
+
+    async def DeleteRun(self, request: Any, context: Any) -> Any:
+        try:
+            self.runtime.delete_run(request.run_id)
+            await self.runtime.durable()
+            return rpb.DeleteRunResponse()
+        except GraphError as exc:  # still running
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except _Refused as exc:
+            await _fail(context, exc, request.run_id)

@@ -13,7 +13,8 @@ import grpc
 from hivegrid.v1 import worker_pb2 as wpb
 from hivegrid.v1 import worker_pb2_grpc
 
-from ..runtime import MAX_BATCH, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Link, Runtime
+from ..limits import LimitExceeded
+from ..runtime import MAX_BATCH, PROTOCOL_VERSION, Link, Runtime
 
 log = logging.getLogger("hivegrid.service.worker")
 
@@ -64,7 +65,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if problem:
             await context.write(_refuse(problem))
             return
-        link, kept = runtime.open_session(first.hello)
+        try:
+            link, kept = runtime.open_session(first.hello)
+        except LimitExceeded as exc:
+            await context.write(_refuse(str(exc)))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        link.task = asyncio.current_task()
+        limits = runtime.limits
         log.info(
             "worker %s (%s) connected as %s with %d slots",
             link.worker_name,
@@ -79,9 +86,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     protocol_version=PROTOCOL_VERSION,
                     heartbeat_interval_s=runtime.heartbeat_interval_s,
                     session_timeout_s=runtime.session_timeout_s,
-                    max_message_bytes=MAX_MESSAGE_BYTES,
+                    max_message_bytes=limits.max_message_bytes,
                     max_batch=MAX_BATCH,
                     held=kept,
+                    max_result_bytes=limits.max_result_bytes,
+                    max_progress_bytes=limits.max_progress_bytes,
+                    max_progress_per_s=limits.max_progress_per_s,
+                    max_slots=link.slots,
+                    max_mutations=limits.max_mutations,
+                    max_id_bytes=limits.max_id_bytes,
                 )
             )
         )
@@ -104,21 +117,30 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             while True:
                 messages = link.take_messages()
                 if messages:
+                    # A write that does not end is a worker that does not read: the reaper
+                    # cuts the stream off once it has lasted a session timeout.
+                    link.writing_since = time.monotonic()
                     for m in messages:
                         await context.write(m)
+                    link.writing_since = 0.0
                     last_sent = time.monotonic()
                     continue
                 if link.closed:
                     reason = link.closed
                     break
                 if time.monotonic() - last_sent >= heartbeat:
+                    link.writing_since = time.monotonic()
                     await context.write(_HEARTBEAT)
+                    link.writing_since = 0.0
                     last_sent = time.monotonic()
                     continue
                 # Invariant: nothing runs between take_messages() above and this clear(), so
                 # a wake-up cannot be lost.
                 link.wake.clear()
                 await link.wake.wait()
+        except asyncio.CancelledError:
+            # The reaper cut off a stream stuck in a write, or the server is stopping.
+            reason = link.closed or "stream cancelled"
         except Exception as exc:  # a write on a stream the worker already broke
             reason = link.closed or f"stream failed: {exc!r}"
         finally:
@@ -155,6 +177,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         )
                         break
                     runtime.on_results(link, items)
+                    if link.unacked >= link.max_unacked:
+                        # Backpressure: read nothing more until the worker has read its acks.
+                        link.readable.clear()
+                        if link.unacked >= link.max_unacked:
+                            await link.readable.wait()
                 elif kind == "progress":
                     runtime.on_progress(link, msg.progress.items)
                 elif kind == "drain":

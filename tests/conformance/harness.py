@@ -486,9 +486,19 @@ class Client:
         return resp.run_id
 
     def get_run(self, run_id: str, *, omit_results: bool = False) -> rpb.GetRunResponse:
-        req = rpb.GetRunRequest(run_id=run_id, omit_results=omit_results)
-        resp: rpb.GetRunResponse = self.stub.GetRun(req, timeout=30, wait_for_ready=True)
-        return resp
+        """The run with all its nodes (every page)."""
+        whole = rpb.GetRunResponse()
+        token = ""
+        while True:
+            req = rpb.GetRunRequest(
+                run_id=run_id, omit_results=omit_results, page_size=10_000, page_token=token
+            )
+            page: rpb.GetRunResponse = self.stub.GetRun(req, timeout=30, wait_for_ready=True)
+            whole.run.CopyFrom(page.run)
+            whole.nodes.extend(page.nodes)
+            token = page.next_page_token
+            if not token:
+                return whole
 
     def nodes(self, run_id: str) -> dict[str, rpb.NodeStatus]:
         return {n.id: n for n in self.get_run(run_id).nodes}

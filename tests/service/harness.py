@@ -150,10 +150,21 @@ class Client:
 
     async def wait_end(self, run_id: str) -> rpb.GetRunResponse:
         await asyncio.wait_for(self.events(run_id), WAIT)
-        return await self.stub.GetRun(rpb.GetRunRequest(run_id=run_id))
+        return await self.get(run_id)
 
     async def get(self, run_id: str) -> rpb.GetRunResponse:
-        return await self.stub.GetRun(rpb.GetRunRequest(run_id=run_id))
+        """The run with all its nodes (every page)."""
+        whole = rpb.GetRunResponse()
+        token = ""
+        while True:
+            page = await self.stub.GetRun(
+                rpb.GetRunRequest(run_id=run_id, page_size=10_000, page_token=token)
+            )
+            whole.run.CopyFrom(page.run)
+            whole.nodes.extend(page.nodes)
+            token = page.next_page_token
+            if not token:
+                return whole
 
     async def close(self) -> None:
         await self.channel.close()
