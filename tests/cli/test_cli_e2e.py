@@ -92,6 +92,7 @@ def _start_worker(address: str, name: str) -> subprocess.Popen[str]:
 @dataclass
 class Cluster:
     address: str
+    db: Path
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         line = _read_line_matching(coordinator.stdout, "hivegrid coordinator listening on", 20)
         address = line.rsplit(" ", 1)[1]
         worker = _start_worker(address, "cli-e2e")
-        yield Cluster(address)
+        yield Cluster(address, db)
     finally:
         if worker is not None:
             assert _stop(worker) == 0
@@ -332,6 +333,48 @@ def test_watch_of_an_ended_run_returns_at_once(hivegrid: Any, tmp_path: Path) ->
     assert f"run {run_id}: succeeded" in result.out
 
 
+def test_runs_delete_removes_an_ended_run_and_refuses_a_running_one(
+    hivegrid: Any, tmp_path: Path
+) -> None:
+    done = hivegrid("submit", _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]}), "--wait")
+    assert done.code == 0
+    run_id = done.out.splitlines()[0]
+    slow = hivegrid(
+        "submit",
+        _graph(tmp_path, {"nodes": [{"id": "s", "agent": "sleep", "input": {"seconds": 30}}]}),
+    )
+    running = slow.out.strip()
+    refused = hivegrid("runs", "delete", running)
+    assert refused.code == 1 and "still running" in refused.err
+    deleted = hivegrid("runs", "delete", run_id)
+    assert deleted.code == 0 and f"run {run_id}: deleted" in deleted.out
+    gone = hivegrid("status", run_id)
+    assert gone.code == 1 and "no run" in gone.err
+    listed = hivegrid("runs", "--json")
+    assert run_id not in {r["run_id"] for r in listed.json()}
+    assert hivegrid("cancel", running).code == 0
+
+
+def test_backup_copies_a_live_store(cluster: Cluster, hivegrid: Any, tmp_path: Path) -> None:
+    done = hivegrid("submit", _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]}), "--wait")
+    run_id = done.out.splitlines()[0]
+    copy = tmp_path / "copy.db"
+    out = hivegrid("backup", str(copy), "--store", f"sqlite:///{cluster.db}")
+    assert out.code == 0, out.err
+    again = hivegrid("backup", str(copy), "--store", f"sqlite:///{cluster.db}")
+    assert again.code == 1 and "exists" in again.err
+    from coordinator.store import SqliteStore
+    from hivegrid.v1 import run_pb2
+
+    store = SqliteStore(copy)
+    store.open()
+    try:
+        events = [run_pb2.RunEvent.FromString(data) for _, data in store.read(run_id, 1, 100)]
+    finally:
+        store.close()
+    assert events[0].HasField("run_submitted") and events[-1].HasField("run_ended")
+
+
 def test_workers_lists_the_conformance_worker(hivegrid: Any) -> None:
     result = hivegrid("workers")
     assert result.code == 0
@@ -447,6 +490,12 @@ def test_env_address_is_used(
         ["worker", "not-a-target"],
         ["worker", "no_such_module_xyz:w"],
         ["worker", "json:dumps"],
+        ["coordinator", "--limit", "nonsense"],
+        ["coordinator", "--limit", "no_such_limit=1"],
+        ["coordinator", "--limit", "max_slots=-1"],
+        ["coordinator", "--retain", "forever"],
+        ["runs", "delete"],
+        ["runs", "r-1"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
