@@ -122,6 +122,19 @@ _PURGE = (
 )
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed if the block ends normally, rolled back otherwise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _crc(data: bytes) -> int:
     return zlib.crc32(data)
 
@@ -225,15 +238,9 @@ class SqliteStore:
                 deterministic=True,
             )
             conn.create_function("hivegrid_crc32", 1, _crc, deterministic=True)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 for statement in statements:
                     conn.execute(statement)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except (sqlite3.DatabaseError, ValueError) as exc:
             raise StoreError(
                 f"the SQLite store {self.path} is damaged or unreadable: {exc}"
@@ -241,16 +248,10 @@ class SqliteStore:
 
     def _bump_epoch(self, conn: sqlite3.Connection) -> int:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 row = conn.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
                 epoch = int(row[0]) + 1 if row else 1
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (str(epoch),))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except (sqlite3.DatabaseError, ValueError) as exc:
             raise StoreError(
                 f"the SQLite store {self.path} is damaged or unreadable: {exc}"
