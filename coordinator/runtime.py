@@ -22,8 +22,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -666,78 +666,42 @@ class Runtime:
         refs = [wpb.AssignmentRef(run_id=r, node_id=n, attempt=a, lease=le) for r, n, a, le in kept]
         return link, refs
 
-    def on_results(self, link: Link, results: Iterable[wpb.Result]) -> None:
+    def on_results(
+        self,
+        link: Link,
+        results: Sequence[wpb.Result],
+        judged: Sequence[Judged] | None = None,
+    ) -> None:
+        """A worker's answers. `judged`: what `judge_results` made of them, if the caller did
+        that off the event loop already (a message carrying large mutation batches)."""
         core = self.core
-        limits = self.limits
         now = self.clock()
         acks: list[wpb.Ack] = []
-        max_id = limits.max_id_bytes
-        succeeded = wpb.OUTCOME_SUCCEEDED
-        for res in results:
+        if judged is None:
+            judged = judge_results(results, self.limits)
+        for res, verdict in zip(results, judged, strict=True):
             ref = res.ref
-            outcome = res.outcome
-            if not ref.run_id or not ref.lease or outcome not in _OUTCOMES:
-                acks.append(
-                    wpb.Ack(
-                        ref=ref,
-                        status=wpb.ACK_STATUS_INVALID,
-                        message="a result needs a ref and an outcome (1, 2 or 3)",
-                    )
-                )
+            if verdict.ack is not None:
+                acks.append(verdict.ack)
                 continue
-            if len(ref.run_id) > max_id or len(ref.node_id) > max_id:
-                acks.append(
-                    wpb.Ack(ref=ref, status=wpb.ACK_STATUS_STALE, message="no such attempt")
-                )
-                continue
-            # What the log records is what was decided: an answer refused at the door becomes
-            # the failure it is, logged as such, without the part that was refused.
-            refused = rejected = ""
-            error = convert.error_from_pb(res.error) if res.HasField("error") else None
-            if error is not None and (
-                len(error.message) * 4 > limits.max_error_bytes or len(error.kind) > 64
-            ):
-                error = NodeError(
-                    cut_error(error.message, limits), error.retryable, error.kind[:64]
-                )
-            mutations: list[Any] = []
-            if outcome == succeeded:
-                if len(res.result) > limits.max_result_bytes:
-                    refused = (
-                        f"a result of {len(res.result)} bytes is over the limit "
-                        f"max_result_bytes ({limits.max_result_bytes})"
-                    )
-                    self.refused["max_result_bytes"] = self.refused.get("max_result_bytes", 0) + 1
-                    error = NodeError(refused, False, "too_large")
-                elif res.mutations:
-                    try:
-                        check_mutations(res.mutations, limits)
-                        mutations = convert.mutations_from_pb(res.mutations)
-                    except (LimitExceeded, GraphError) as exc:
-                        rejected = str(exc)
-                        error = NodeError(
-                            f"mutations rejected: {rejected}", True, "mutation_rejected"
-                        )
-                if refused or rejected:
-                    outcome = wpb.OUTCOME_FAILED
-            if outcome == succeeded and not refused and not rejected:
-                # The hot path: logged as sent (the core may still reject the batch: the event
-                # then records the rejection, not the batch; see `_event`).
-                payload = res
-            else:
-                payload = wpb.Result(ref=ref, outcome=outcome)
-                if error is not None and outcome == wpb.OUTCOME_FAILED:
-                    payload.error.CopyFrom(convert.error_to_pb(error))
+            payload, error, refused, rejected = (
+                verdict.payload,
+                verdict.error,
+                verdict.refused,
+                verdict.rejected,
+            )
+            if refused:
+                self.refused["max_result_bytes"] = self.refused.get("max_result_bytes", 0) + 1
             status, message = core.finish_attempt(
                 link.id,
                 ref.run_id,
                 ref.node_id,
                 ref.attempt,
                 ref.lease,
-                Outcome(outcome),
+                Outcome(payload.outcome),
                 result=payload.result,
                 error=error,
-                mutations=mutations,
+                mutations=verdict.mutations,
                 now=now,
                 payload=payload,
             )
@@ -1096,6 +1060,76 @@ class Runtime:
         # progress and run_ended change nothing: the end is recomputed from the nodes.
 
 
+class Judged(NamedTuple):
+    """What the door made of one result: an ack to send at once (a malformed ref), or what the
+    core is to be told, `payload` being what the log will record."""
+
+    ack: wpb.Ack | None
+    payload: wpb.Result
+    error: NodeError | None = None
+    mutations: list[Any] = []  # shared, never mutated
+    refused: str = ""
+    rejected: str = ""
+
+
+def judge_results(results: Iterable[wpb.Result], limits: Limits) -> list[Judged]:
+    """Checks a message's results against the limits and converts their mutations. Pure, so a
+    large batch can be judged in a thread. What the log records is what is decided here: an
+    answer refused at the door becomes the failure it is, logged as such, without the part
+    that was refused."""
+    out: list[Judged] = []
+    max_id = limits.max_id_bytes
+    succeeded = wpb.OUTCOME_SUCCEEDED
+    for res in results:
+        ref = res.ref
+        outcome = res.outcome
+        if not ref.run_id or not ref.lease or outcome not in _OUTCOMES:
+            ack = wpb.Ack(
+                ref=ref,
+                status=wpb.ACK_STATUS_INVALID,
+                message="a result needs a ref and an outcome (1, 2 or 3)",
+            )
+            out.append(Judged(ack, res))
+            continue
+        if len(ref.run_id) > max_id or len(ref.node_id) > max_id:
+            ack = wpb.Ack(ref=ref, status=wpb.ACK_STATUS_STALE, message="no such attempt")
+            out.append(Judged(ack, res))
+            continue
+        refused = rejected = ""
+        error = convert.error_from_pb(res.error) if res.HasField("error") else None
+        if error is not None and (
+            len(error.message) * 4 > limits.max_error_bytes or len(error.kind) > 64
+        ):
+            error = NodeError(cut_error(error.message, limits), error.retryable, error.kind[:64])
+        mutations: list[Any] = []
+        if outcome == succeeded:
+            if len(res.result) > limits.max_result_bytes:
+                refused = (
+                    f"a result of {len(res.result)} bytes is over the limit "
+                    f"max_result_bytes ({limits.max_result_bytes})"
+                )
+                error = NodeError(refused, False, "too_large")
+            elif res.mutations:
+                try:
+                    check_mutations(res.mutations, limits)
+                    mutations = convert.mutations_from_pb(res.mutations)
+                except (LimitExceeded, GraphError) as exc:
+                    rejected = str(exc)
+                    error = NodeError(f"mutations rejected: {rejected}", True, "mutation_rejected")
+            if refused or rejected:
+                outcome = wpb.OUTCOME_FAILED
+        if outcome == succeeded and not refused and not rejected:
+            # The hot path: logged as sent (the core may still reject the batch: the event then
+            # records the rejection, not the batch; see `_event`).
+            payload = res
+        else:
+            payload = wpb.Result(ref=ref, outcome=outcome)
+            if error is not None and outcome == wpb.OUTCOME_FAILED:
+                payload.error.CopyFrom(convert.error_to_pb(error))
+        out.append(Judged(None, payload, error, mutations, refused, rejected))
+    return out
+
+
 def _page_start(token: str) -> int:
     if not token:
         return 0
@@ -1230,4 +1264,12 @@ def _assignment(core: Core, a: Assignment) -> wpb.Assignment:
     return msg
 
 
-__all__ = ["MAX_BATCH", "PROTOCOL_VERSION", "AckStatus", "Link", "Runtime"]
+__all__ = [
+    "MAX_BATCH",
+    "PROTOCOL_VERSION",
+    "AckStatus",
+    "Judged",
+    "Link",
+    "Runtime",
+    "judge_results",
+]
