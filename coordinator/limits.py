@@ -61,9 +61,12 @@ class Limits:
     max_agents: int = 1024
     # Worker streams at once.
     max_streams: int = 4096
-    # Watch streams per run and in all.
-    max_watchers_per_run: int = 32
-    max_watchers: int = 1024
+    # Watch streams per run and in all. A watcher blocked in sending holds up to two copies of
+    # the event it sends (a run's first event holds its whole submission): this bounds them.
+    max_watchers_per_run: int = 16
+    max_watchers: int = 256
+    # Watchers reading a run's history from the store at once; the others wait their turn.
+    max_history_readers: int = 4
     # Large submissions built at once (each holds its graph twice while it is built).
     max_concurrent_submits: int = 4
     # Results read from one worker stream and not yet acked: past this the coordinator stops
@@ -140,7 +143,13 @@ def build_limits(
             raise LimitsError(f"unknown limit {name!r}; the limits are: {known}")
         changes[key] = _parse(key, value, int if field.type in ("int", int) else float)
     limits = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-    for name in ("max_message_bytes", "max_slots", "max_streams", "max_concurrent_submits"):
+    for name in (
+        "max_message_bytes",
+        "max_slots",
+        "max_streams",
+        "max_concurrent_submits",
+        "max_history_readers",
+    ):
         if getattr(limits, name) < 1:
             raise LimitsError(f"limit {name} must be at least 1")
     return limits

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -279,6 +279,7 @@ class Runtime:
         self.links: dict[str, Link] = {}
         self._watchers: dict[str, set[_Watcher]] = {}
         self._watcher_count = 0
+        self._history_readers: asyncio.Semaphore | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -562,7 +563,7 @@ class Runtime:
 
     async def watch(
         self, run_id: str, from_seq: int, follow: bool
-    ) -> AsyncIterator[list[rpb.RunEvent]]:
+    ) -> AsyncGenerator[list[rpb.RunEvent], None]:
         """Committed events of a run from `from_seq` on, in batches, with no gap and no
         duplicate, then live ones; ends after RunEnded unless `follow`. Leases are left out:
         they are the credentials of attempts."""
@@ -583,28 +584,33 @@ class Runtime:
         watcher = _Watcher()
         watchers.add(watcher)
         self._watcher_count += 1
+        if self._history_readers is None:
+            self._history_readers = asyncio.Semaphore(limits.max_history_readers)
         try:
             next_seq = max(from_seq, 1)
             while True:
-                # History from the store, in pages bounded by bytes. The watcher is registered
-                # first, so every event committed after a page was read reaches its queue.
+                # History from the store, in pages bounded by bytes, a few watchers at a time
+                # (each holds a page while it is sent). The watcher is registered first, so
+                # every event committed after a page was read reaches its queue.
                 watcher.overflowed = False
                 while True:
-                    rows = await asyncio.to_thread(
-                        self.store.read, run_id, next_seq, _WATCH_PAGE, _WATCH_PAGE_BYTES
-                    )
-                    events = [rpb.RunEvent.FromString(data) for _, data in rows]
-                    if events:
-                        next_seq = events[-1].seq + 1
-                        ended = _cut_at_end(events, follow)
-                        for event in events:
-                            _strip_lease(event)
-                        for batch in _batches(events, self._watch_batch_bytes):
-                            yield batch
-                        if ended:
-                            return
-                    if not rows:
-                        break
+                    async with self._history_readers:
+                        rows = await asyncio.to_thread(
+                            self.store.read, run_id, next_seq, _WATCH_PAGE, _WATCH_PAGE_BYTES
+                        )
+                        if not rows:
+                            break
+                        events = [rpb.RunEvent.FromString(data) for _, data in rows]
+                        del rows  # a page is held once, not twice, while it is sent
+                    next_seq = events[-1].seq + 1
+                    ended = _cut_at_end(events, follow)
+                    for event in events:
+                        _strip_lease(event)
+                    for batch in _batches(events, self._watch_batch_bytes):
+                        yield batch
+                    del events
+                    if ended:
+                        return
                 # Then live events, until the run ends or the watcher falls behind.
                 while not watcher.overflowed:
                     if not watcher.events:
@@ -909,8 +915,9 @@ class Runtime:
                 link.closed = reason
                 link.wake.set()
                 self.close_session(link, reason)
-                if link.task is not None and link.writing_since:
-                    link.task.cancel()  # stuck in a write that will never end
+                if link.task is not None and (link.writing_since or not link.readable.is_set()):
+                    # Its writer is stuck in a write that will never end, or soon will be.
+                    link.task.cancel()
 
     async def _retain(self) -> None:
         """Deletes ended runs past the retention the operator set."""

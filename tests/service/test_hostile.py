@@ -867,3 +867,4 @@ def test_health_says_not_serving_while_the_store_cannot_write_and_recovers(
             await client.close()
 
     run(scenario())
+
