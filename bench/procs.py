@@ -75,6 +75,9 @@ def coordinator_command(listen: str, store: str) -> list[str]:
         listen,
         "--store",
         store,
+        # The size workload holds a 1,000,000-node run and asks for room to grow.
+        "--limit",
+        "max_nodes_per_run=2000000",
     ]
 
 

@@ -285,6 +285,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._session_ids = 0
         self._building = 0
+        self._stopping = False
         self.replayed_events = 0
         # What the coordinator refused or dropped, by limit (for operators and tests).
         self.refused: dict[str, int] = {}
@@ -324,7 +325,9 @@ class Runtime:
         ]
 
     async def stop_sessions(self) -> None:
-        """Ends every worker stream (they reconnect to the next coordinator)."""
+        """Ends every worker stream (they reconnect to the next coordinator). Nothing more is
+        dispatched: a stream closing must not hand its attempts to one that is about to."""
+        self._stopping = True
         for link in list(self.links.values()):
             link.closed = link.closed or "coordinator shutting down"
             link.wake.set()
@@ -342,6 +345,7 @@ class Runtime:
             self._timer = None
 
     async def stop(self) -> None:
+        self._stopping = True
         await self._stop_tasks()
         for link in list(self.links.values()):
             link.closed = link.closed or "coordinator shutting down"
@@ -353,14 +357,20 @@ class Runtime:
         self._end_watchers()
         self.store.close()
 
+    def freeze(self) -> None:
+        """From now on nothing is written, dispatched or acked: the first step of `abandon`,
+        taken before the streams are torn down (their teardown must not reach the log)."""
+        self._stopping = True
+        self.journal.abandon()
+
     async def abandon(self) -> None:
         """Stops the way a killed process does: whatever is not committed yet is lost, no
         snapshot is taken. For crash tests in one process."""
+        self.freeze()
         await self._stop_tasks()
         for link in list(self.links.values()):
             link.closed = link.closed or "coordinator killed"
             link.wake.set()
-        self.journal.abandon()
         self._end_watchers()
         self.store.close()
 
@@ -770,7 +780,8 @@ class Runtime:
     def _flush(self, link: Link | None = None, acks: list[wpb.Ack] | None = None) -> None:
         """Carries out the core's outbox; `acks` (for `link`) go out with the same commit."""
         core = self.core
-        core.dispatch()
+        if not self._stopping:
+            core.dispatch()
         records, assignments, cancels = core.take_outbox()
         events: list[rpb.RunEvent] = []
         sizes: list[int] = []
@@ -1026,11 +1037,14 @@ class Runtime:
         elif kind == "attempt_finished":
             f = ev.attempt_finished
             if f.rejection:
-                # A refused batch is replayed as the failure it became (logs before this
-                # version also carry the mutations as sent: they are not looked at again).
+                # A refused batch is replayed as the failure it became, with the error logged
+                # (logs before this version carry the batch as sent and no error: the batch is
+                # not looked at again).
                 outcome = Outcome.FAILED
-                error: NodeError | None = NodeError(
-                    f"mutations rejected: {f.rejection}", True, "mutation_rejected"
+                error: NodeError | None = (
+                    convert.error_from_pb(f.error)
+                    if f.outcome == wpb.OUTCOME_FAILED and f.HasField("error")
+                    else NodeError(f"mutations rejected: {f.rejection}", True, "mutation_rejected")
                 )
                 mutations: list[Any] = []
             else:
@@ -1205,11 +1219,15 @@ def _event(rec: Record, seq: int, now: float) -> rpb.RunEvent:
         if res is not None:
             f.node_id, f.attempt, f.lease = res.ref.node_id, res.ref.attempt, res.ref.lease
             if rejection:
-                # The decision, not the input: the batch is not kept, the attempt failed.
+                # The decision, not the input: the batch is not kept, the attempt failed (with
+                # the error it failed with, if it came as a failure already).
                 f.outcome = wpb.OUTCOME_FAILED
-                f.error.message = f"mutations rejected: {rejection}"
-                f.error.retryable = True
-                f.error.kind = "mutation_rejected"
+                if res.outcome == wpb.OUTCOME_FAILED and res.HasField("error"):
+                    f.error.CopyFrom(res.error)
+                else:
+                    f.error.message = f"mutations rejected: {rejection}"
+                    f.error.retryable = True
+                    f.error.kind = "mutation_rejected"
             else:
                 f.outcome = res.outcome
                 f.result = res.result

@@ -146,6 +146,7 @@ class Coordinator:
     async def abandon(self) -> None:
         """Ends the coordinator the way a killed process ends: streams drop, nothing that was
         not committed is written, no snapshot, the store is released. For crash tests."""
+        self.runtime.freeze()  # before the streams end: their teardown must not be logged
         if self._server is not None:
             await self._server.stop(None)
         await self.runtime.abandon()

@@ -150,6 +150,11 @@ class SqliteStore:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.holder = holder
+        # Reads in progress (in other threads): close() waits for them, since closing a
+        # connection another thread is reading from crashes the process.
+        self._reads = 0
+        self._reads_done = threading.Condition()
+        self._closing = False
         self._write: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._epoch = 0
@@ -280,7 +285,31 @@ class SqliteStore:
             position, top, max(snaps, default=0), max(self._tombstones.values(), default=0)
         )
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._reads_done:
+            if self._closing:
+                raise StoreError(f"the store {self.path} is closing")
+            self._reads += 1
+        try:
+            yield self._reader()
+        finally:
+            with self._reads_done:
+                self._reads -= 1
+                self._reads_done.notify_all()
+
     def close(self) -> None:
+        with self._reads_done:
+            self._closing = True
+            if not self._reads_done.wait_for(lambda: self._reads == 0, timeout=30.0):
+                log.warning("%s: closing with reads still in progress", self.path)
+        try:
+            self._close()
+        finally:
+            with self._reads_done:
+                self._closing = False
+
+    def _close(self) -> None:
         with self._readers_lock:
             readers, self._readers = self._readers, []
             self._generation += 1
@@ -476,8 +505,9 @@ class SqliteStore:
 
     def snapshots(self) -> list[int]:
         try:
-            cur = self._reader().execute("SELECT position FROM snapshots ORDER BY 1 DESC")
-            return [int(r[0]) for r in cur]
+            with self._reading() as conn:
+                cur = conn.execute("SELECT position FROM snapshots ORDER BY 1 DESC")
+                return [int(r[0]) for r in cur]
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the snapshots in {self.path} cannot be read: {exc}") from exc
 
@@ -486,20 +516,21 @@ class SqliteStore:
         chunks: list[bytes] = []
         try:
             # One statement, so one consistent read even while a new snapshot replaces it.
-            cur = self._reader().execute(_LOAD_SNAPSHOT, (position,))
-            count, size = -1, -1
-            for n, total, idx, crc, data in cur:
-                count, size = n, total
-                if idx is None:
-                    break
-                if idx != len(chunks):
-                    cur.close()
-                    raise StoreError(f"{where} is damaged: chunk {len(chunks)} is missing")
-                chunk = bytes(data)
-                if _crc(chunk) != crc:
-                    cur.close()
-                    raise StoreError(f"{where} is damaged: chunk {idx} fails its checksum")
-                chunks.append(chunk)
+            with self._reading() as conn:
+                cur = conn.execute(_LOAD_SNAPSHOT, (position,))
+                count, size = -1, -1
+                for n, total, idx, crc, data in cur:
+                    count, size = n, total
+                    if idx is None:
+                        break
+                    if idx != len(chunks):
+                        cur.close()
+                        raise StoreError(f"{where} is damaged: chunk {len(chunks)} is missing")
+                    chunk = bytes(data)
+                    if _crc(chunk) != crc:
+                        cur.close()
+                        raise StoreError(f"{where} is damaged: chunk {idx} fails its checksum")
+                    chunks.append(chunk)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{where} cannot be read: {exc}") from exc
         if count < 0:
@@ -514,39 +545,38 @@ class SqliteStore:
 
     def deleted_runs(self, since: int = 0) -> set[str]:
         try:
-            cur = self._reader().execute(
-                "SELECT run_id FROM deleted_runs WHERE position >= ?", (since,)
-            )
-            return {r[0] for r in cur}
+            with self._reading() as conn:
+                cur = conn.execute("SELECT run_id FROM deleted_runs WHERE position >= ?", (since,))
+                return {r[0] for r in cur}
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the deleted runs in {self.path} cannot be read: {exc}") from exc
 
     def replay(self, after: int = 0) -> Iterator[bytes]:
-        conn = self._reader()
-        cur = conn.execute(_REPLAY, (after,))
-        while True:
-            rows = cur.fetchmany(256)
-            if not rows:
-                return
-            for position, data in rows:
-                yield from _events(data, position)
+        with self._reading() as conn:
+            cur = conn.execute(_REPLAY, (after,))
+            while True:
+                rows = cur.fetchmany(256)
+                if not rows:
+                    return
+                for position, data in rows:
+                    yield from _events(data, position)
 
     def read(
         self, run_id: str, from_seq: int, limit: int, max_bytes: int = 0
     ) -> list[tuple[int, bytes]]:
-        conn = self._reader()
-        cur = conn.execute(_READ, (run_id, from_seq))
         out: list[tuple[int, bytes]] = []
         size = 0
-        for first, data in cur:
-            events = _events(data)
-            for i in range(max(0, from_seq - first), len(events)):
-                event = events[i]
-                out.append((first + i, event))
-                size += len(event)
-                if len(out) == limit or 0 < max_bytes <= size:
-                    cur.close()
-                    return out
+        with self._reading() as conn:
+            cur = conn.execute(_READ, (run_id, from_seq))
+            for first, data in cur:
+                events = _events(data)
+                for i in range(max(0, from_seq - first), len(events)):
+                    event = events[i]
+                    out.append((first + i, event))
+                    size += len(event)
+                    if len(out) == limit or 0 < max_bytes <= size:
+                        cur.close()
+                        return out
         return out
 
     def size_bytes(self) -> int:

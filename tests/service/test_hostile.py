@@ -868,3 +868,73 @@ def test_health_says_not_serving_while_the_store_cannot_write_and_recovers(
 
     run(scenario())
 
+
+# --- what the fuzzing tier found ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["kill", "clean stop"])
+def test_ending_the_coordinator_hands_no_attempt_to_a_stream_about_to_end(
+    tmp_path: Path, how: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/hg.db"
+
+    async def scenario() -> None:
+        c = Coordinator(store_url=url)
+        await c.start()
+        client = Client(c.address)
+        w1 = await RawWorker(c.address, slots=1, name="w1").connect()
+        run_id = await client.submit(node("a"))
+        await w1.take()
+        w2 = await RawWorker(c.address, slots=1, name="w2").connect()  # idle, same agent
+        await c.runtime.durable()
+        await client.close()
+        if how == "kill":
+            await c.abandon()
+        else:
+            await c.stop()
+        for w in (w1, w2):
+            await asyncio.wait_for(w.ended.wait(), WAIT)
+            await w.channel.close()
+        async with Coordinator(store_url=url) as c2:
+            client = Client(c2.address)
+            (status,) = (await client.get(run_id)).nodes
+            assert (status.state, status.attempts) == (gpb.NODE_STATE_READY, 1)
+            events = await history(client, run_id)
+            dispatched = [
+                e.node_dispatched.worker_name for e in events if e.HasField("node_dispatched")
+            ]
+            assert dispatched == ["w1"]
+            await client.close()
+
+    run(scenario())
+
+
+def test_a_failure_that_reads_like_a_rejection_replays_as_it_was(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/hg.db"
+
+    async def scenario() -> None:
+        c = Coordinator(store_url=url)
+        await c.start()
+        client = Client(c.address)
+        w = await RawWorker(c.address).connect()
+        run_id = await client.submit(node("a", retry=gpb.RetryPolicy(max_attempts=3)))
+        (a,) = await w.take()
+        forged = gpb.NodeError(
+            message="mutations rejected: not really", retryable=False, kind="mutation_rejected"
+        )
+        w.answer(a, outcome=wpb.OUTCOME_FAILED, error=forged)
+        await w.ack()
+        live = await client.wait_end(run_id)
+        assert live.run.state == gpb.RUN_STATE_FAILED
+        await w.close()
+        await client.close()
+        await c.abandon()
+        async with Coordinator(store_url=url) as c2:
+            client = Client(c2.address)
+            again = await client.get(run_id)
+            assert again.run.state == gpb.RUN_STATE_FAILED
+            assert (again.nodes[0].state, again.nodes[0].attempts) == (gpb.NODE_STATE_FAILED, 1)
+            assert not again.nodes[0].error.retryable
+            await client.close()
+
+    run(scenario())

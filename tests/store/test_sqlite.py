@@ -470,3 +470,34 @@ def test_log_positions_are_never_reused_after_a_purge(tmp_path: Path) -> None:
     assert list(again.replay(after=position)) == [b"k2"]
     assert list(again.replay()) == [b"k1", b"k2"]
     again.close()
+
+
+def test_closing_waits_for_reads_in_other_threads(tmp_path: Path) -> None:
+    """Closing a connection another thread reads from crashes the process: close() waits."""
+    store = SqliteStore(tmp_path / "hg.db")
+    store.open()
+    rows = [("r", seq, b"e" * 200) for seq in range(1, 2001)]
+    for i in range(0, len(rows), 100):
+        store.append(rows[i : i + 100])
+    errors: list[BaseException] = []
+    reads = 0
+    started = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        try:
+            while True:
+                started.set()
+                assert len(store.read("r", 1, 5000)) == 2000
+                reads += 1
+        except StoreError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    assert started.wait(10)
+    store.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1, errors
+    assert "not open" in str(errors[0]) or "closing" in str(errors[0])
