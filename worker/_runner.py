@@ -420,6 +420,13 @@ class Runner:
             status = ack.status
             if status == wpb.ACK_STATUS_MUTATIONS_REJECTED:
                 log.warning("mutations of %s/%s rejected: %s", r.run_id, r.node_id, ack.message)
+            elif status == wpb.ACK_STATUS_REFUSED:
+                log.warning(
+                    "the result of %s/%s broke a coordinator limit (the attempt failed): %s",
+                    r.run_id,
+                    r.node_id,
+                    ack.message,
+                )
             elif status == wpb.ACK_STATUS_INVALID:
                 log.error(
                     "the coordinator found the result for %s/%s malformed: %s (an SDK bug)",

@@ -298,6 +298,8 @@ func (rt *runtime) handleAcks(items []*pb.Ack) {
 		switch a.GetStatus() {
 		case pb.AckStatus_ACK_STATUS_MUTATIONS_REJECTED:
 			rt.log.Warn("hivegrid: mutations rejected", "node", key.nodeID, "reason", a.GetMessage())
+		case pb.AckStatus_ACK_STATUS_REFUSED:
+			rt.log.Warn("hivegrid: result refused by a coordinator limit (the attempt failed)", "node", key.nodeID, "reason", a.GetMessage())
 		case pb.AckStatus_ACK_STATUS_INVALID:
 			rt.log.Error("hivegrid: coordinator found a result invalid (SDK bug)", "node", key.nodeID, "reason", a.GetMessage())
 		case pb.AckStatus_ACK_STATUS_STALE:

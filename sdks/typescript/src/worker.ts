@@ -402,6 +402,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.#log.warn(`result for ${ack.ref.nodeId} rejected as invalid: ${ack.message}`);
     } else if (ack.status === AckStatus.ACK_STATUS_MUTATIONS_REJECTED) {
       this.#log.info(`mutations of ${ack.ref.nodeId} rejected: ${ack.message}`);
+    } else if (ack.status === AckStatus.ACK_STATUS_REFUSED) {
+      this.#log.warn(`result of ${ack.ref.nodeId} refused by a coordinator limit: ${ack.message}`);
     }
     this.emit("ack", ack);
   }
