@@ -9,7 +9,7 @@ HAVE_NODE := $(shell command -v node >/dev/null 2>&1 && command -v npm >/dev/nul
 PYTEST_ARGS ?=
 
 .PHONY: help setup gen gen-check lint test test-python test-go test-ts build build-go build-ts \
-        demo bench bench-quick clean
+        demo bench bench-quick fuzz clean
 
 help:
 	@echo "make demo        start a coordinator and workers in three languages, run a growing graph"
@@ -18,6 +18,7 @@ help:
 	@echo "make gen         regenerate the protocol stubs (Python, Go, TypeScript)"
 	@echo "make gen-check   fail if committed generated code differs from make gen"
 	@echo "make bench       the benchmark suite, with Ray and Dask side by side"
+	@echo "make fuzz        the fuzzing tier at length (FUZZ_EXAMPLES=500; make test runs 15)"
 
 # --- environments ---------------------------------------------------------------------
 
@@ -88,6 +89,10 @@ test: $(VENV)/.stamp build
 
 test-python: $(VENV)/.stamp
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+FUZZ_EXAMPLES ?= 500
+fuzz: $(VENV)/.stamp
+	HIVEGRID_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
 test-go:
 	$(MAKE) -C sdks/go test
