@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -288,7 +288,7 @@ class Runtime:
         self._stopping = False
         self.replayed_events = 0
         # What the coordinator refused or dropped, by limit (for operators and tests).
-        self.refused: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()
         # Times a watcher fell behind and went back to reading the store.
         self.watcher_overflows = 0
 
@@ -396,7 +396,7 @@ class Runtime:
         self.journal.check()
 
     def _refuse(self, limit: str, message: str) -> LimitExceeded:
-        self.refused[limit] = self.refused.get(limit, 0) + 1
+        self.refused[limit] += 1
         return LimitExceeded(message)
 
     async def submit(self, req: rpb.SubmitRunRequest) -> str:
@@ -707,7 +707,7 @@ class Runtime:
                 verdict.rejected,
             )
             if refused:
-                self.refused["max_result_bytes"] = self.refused.get("max_result_bytes", 0) + 1
+                self.refused["max_result_bytes"] += 1
             status, message = core.finish_attempt(
                 link.id,
                 ref.run_id,
@@ -762,7 +762,7 @@ class Runtime:
                     max_bytes,
                 )
             link.dropped_progress += dropped
-            self.refused["progress"] = self.refused.get("progress", 0) + dropped
+            self.refused["progress"] += dropped
         self._flush()
 
     def on_drain(self, link: Link) -> None:

@@ -170,5 +170,28 @@ class Client:
         await self.channel.close()
 
 
+def fill_disk(store: Any) -> Any:
+    """Caps a SqliteStore's database at its current size: its next write fails with
+    SQLITE_FULL, exactly as on a full disk. Returns the write connection (raise the cap on it,
+    `PRAGMA max_page_count = 1073741823`, to give the space back)."""
+    conn = store._write
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    return conn
+
+
+async def history(client: Client, run_id: str) -> list[rpb.RunEvent]:
+    """The run's events so far (the run may still be running)."""
+    page = await client.stub.GetRun(rpb.GetRunRequest(run_id=run_id, page_size=1))
+    out: list[rpb.RunEvent] = []
+    call = client.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id))
+    async for resp in call:
+        out.extend(resp.events)
+        if out and out[-1].seq >= page.run.last_seq:
+            break
+    call.cancel()
+    return out
+
+
 def states(run: rpb.GetRunResponse) -> dict[str, str]:
     return {n.id: gpb.NodeState.Name(n.state).removeprefix("NODE_STATE_") for n in run.nodes}

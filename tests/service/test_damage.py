@@ -14,7 +14,7 @@ from coordinator.store import StoreError
 from hivegrid.storage.v1.storage_pb2 import EventBatch
 from hivegrid.v1 import graph_pb2 as gpb
 
-from .harness import Client, RawWorker, node
+from .harness import Client, RawWorker, fill_disk, node
 
 
 def _make_log(url: str) -> None:
@@ -86,12 +86,7 @@ def test_full_disk_refuses_new_work_and_acks_nothing_it_cannot_keep(tmp_path: Pa
             w = await RawWorker(c.address).connect()
             run_id = await client.submit(node("a"))
             (a,) = await w.take()
-            # Cap the database at its current size: the next write fails with SQLITE_FULL,
-            # exactly as on a full disk.
-            store = c.runtime.store
-            conn = store._write  # type: ignore[attr-defined]
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count = {pages}")
+            fill_disk(c.runtime.store)
             w.answer(a, b'"x" ' * 50_000)
             # The ack must never come: there is no event to wait on, so give it a second.
             with pytest.raises(TimeoutError):

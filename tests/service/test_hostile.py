@@ -24,7 +24,7 @@ from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
 from hivegrid.v1 import worker_pb2_grpc
 
-from .harness import WAIT, Client, RawWorker, node, states
+from .harness import WAIT, Client, RawWorker, fill_disk, history, node, states
 
 
 def run(coro: Any) -> Any:
@@ -33,19 +33,6 @@ def run(coro: Any) -> Any:
 
 def spawn_mutation(node_id: str, agent: str = "echo") -> gpb.Mutation:
     return gpb.Mutation(add_node=gpb.AddNode(node=gpb.NodeSpec(id=node_id, agent=agent)))
-
-
-async def history(client: Client, run_id: str) -> list[rpb.RunEvent]:
-    """The run's events so far (the run may still be running)."""
-    last = (await client.stub.GetRun(rpb.GetRunRequest(run_id=run_id, page_size=1))).run.last_seq
-    out: list[rpb.RunEvent] = []
-    call = client.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id))
-    async for resp in call:
-        out.extend(resp.events)
-        if out and out[-1].seq >= last:
-            break
-    call.cancel()
-    return out
 
 
 async def session_closed(c: Coordinator) -> asyncio.Queue[str]:
@@ -840,10 +827,7 @@ def test_health_says_not_serving_while_the_store_cannot_write_and_recovers(
             w = await RawWorker(c.address).connect()
             run_id = await client.submit(node("a"))
             (a,) = await w.take()
-            store = c.runtime.store
-            conn = store._write  # type: ignore[attr-defined]
-            pages = conn.execute("PRAGMA page_count").fetchone()[0]
-            conn.execute(f"PRAGMA max_page_count = {pages}")
+            conn = fill_disk(c.runtime.store)
             w.answer(a, b'"x" ' * 50_000)
             watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
             async for resp in watch:
