@@ -24,14 +24,14 @@ from . import agents
 
 def sdk_available() -> bool:
     try:
-        from worker import Worker  # noqa: F401
+        from hivegrid.worker import Worker  # noqa: F401
     except ImportError:
         return False
     return True
 
 
 def _build_sdk_worker(name: str, slots: int) -> Any:
-    from worker import Worker
+    from hivegrid.worker import Worker
 
     w = Worker(name=name, slots=slots)
 

@@ -69,7 +69,7 @@ def coordinator_command(listen: str, store: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "coordinator",
+        "hivegrid.coordinator",
         "coordinator",
         "--listen",
         listen,

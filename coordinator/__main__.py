@@ -1,7 +1,7 @@
-"""`python -m coordinator ...` is the `hivegrid` command."""
+"""`python -m hivegrid.coordinator ...` is the `hivegrid` command."""
 
 import sys
 
-from coordinator.cli import main
+from hivegrid.coordinator.cli import main
 
 sys.exit(main())

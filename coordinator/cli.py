@@ -23,8 +23,8 @@ from typing import Any, NoReturn, TextIO
 
 import grpc
 
-from coordinator import render
-from coordinator.graphfile import GraphFileError, load_graph_file
+from hivegrid.coordinator import render
+from hivegrid.coordinator.graphfile import GraphFileError, load_graph_file
 from hivegrid.v1 import graph_pb2, run_pb2, run_pb2_grpc
 
 __all__ = ["main"]
@@ -423,8 +423,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.session_timeout <= args.heartbeat_interval:
         raise CliError("--session-timeout must be longer than --heartbeat-interval", EXIT_USAGE)
     # Imported here: the client commands must not pay for (or depend on) the server.
-    from coordinator.limits import LimitsError, load_limits
-    from coordinator.server import run_coordinator
+    from hivegrid.coordinator.limits import LimitsError, load_limits
+    from hivegrid.coordinator.server import run_coordinator
 
     overrides = list(args.limit or [])
     if args.retain is not None:
@@ -450,7 +450,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from coordinator.store import StoreError, backup_sqlite, default_store_url
+    from hivegrid.coordinator.store import StoreError, backup_sqlite, default_store_url
 
     url = args.store or default_store_url()
     if not url.startswith("sqlite://"):
@@ -504,7 +504,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError("--slots must be at least 1", EXIT_USAGE)
     obj = _load_worker_object(args.target)
     try:
-        from worker import CoordinatorRefusedError, Worker
+        from hivegrid.worker import CoordinatorRefusedError, Worker
     except ImportError as exc:
         raise CliError(f"the Python worker SDK is not available: {exc}", EXIT_FAILED) from None
     if not isinstance(obj, Worker):

@@ -1,7 +1,7 @@
 """Hivegrid's Python worker SDK: run agents for a Hivegrid coordinator.
 
 ```python
-from worker import Context, Worker
+from hivegrid.worker import Context, Worker
 
 w = Worker(name="my-worker", slots=4)
 

@@ -1,6 +1,6 @@
 """The Python conformance worker (/work/shared/design/CONFORMANCE.md).
 
-    python -m worker.conformance --coordinator HOST:PORT [--slots N] [--name NAME]
+    python -m hivegrid.worker.conformance --coordinator HOST:PORT [--slots N] [--name NAME]
 
 Every SDK's conformance worker runs these agents with exactly the same semantics, so that one
 language-neutral suite can check them all.
@@ -119,7 +119,9 @@ def build_worker(*, name: str = "python-conformance", slots: int = 4) -> Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.conformance", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m hivegrid.worker.conformance", description=__doc__
+    )
     parser.add_argument("--coordinator", default=os.environ.get(ADDRESS_ENV, ""))
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--name", default="python-conformance")

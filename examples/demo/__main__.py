@@ -48,7 +48,7 @@ def start_coordinator(data: Path) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "coordinator",
+            "hivegrid.coordinator",
             "coordinator",
             "--listen",
             "127.0.0.1:0",
@@ -72,7 +72,7 @@ def start_workers(address: str, data: Path) -> dict[str, subprocess.Popen[bytes]
         "python": [
             sys.executable,
             "-m",
-            "coordinator",
+            "hivegrid.coordinator",
             "worker",
             "--coordinator",
             address,

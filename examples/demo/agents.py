@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from worker import Context, Worker
+from hivegrid.worker import Context, Worker
 
 worker = Worker(name="python-demo", slots=4)
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pytest
 
-from coordinator import cli
+from hivegrid.coordinator import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -77,7 +77,15 @@ def _env() -> dict[str, str]:
 
 def _start_worker(address: str, name: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.conformance", "--coordinator", address, "--name", name],
+        [
+            sys.executable,
+            "-m",
+            "hivegrid.worker.conformance",
+            "--coordinator",
+            address,
+            "--name",
+            name,
+        ],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -102,7 +110,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         [
             sys.executable,
             "-m",
-            "coordinator",
+            "hivegrid.coordinator",
             "coordinator",
             "--listen",
             "127.0.0.1:0",
@@ -297,7 +305,15 @@ def test_cancel_ends_a_watched_run(cluster: Cluster, hivegrid: Any, tmp_path: Pa
     path = _graph(tmp_path, {"nodes": [{"id": "s", "agent": "sleep", "input": {"seconds": 30}}]})
     run_id = hivegrid("submit", path).out.strip()
     watch = subprocess.Popen(
-        [sys.executable, "-m", "coordinator", "watch", run_id, "--coordinator", cluster.address],
+        [
+            sys.executable,
+            "-m",
+            "hivegrid.coordinator",
+            "watch",
+            run_id,
+            "--coordinator",
+            cluster.address,
+        ],
         cwd=REPO,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -363,7 +379,7 @@ def test_backup_copies_a_live_store(cluster: Cluster, hivegrid: Any, tmp_path: P
     assert out.code == 0, out.err
     again = hivegrid("backup", str(copy), "--store", f"sqlite:///{cluster.db}")
     assert again.code == 1 and "exists" in again.err
-    from coordinator.store import SqliteStore
+    from hivegrid.coordinator.store import SqliteStore
     from hivegrid.v1 import run_pb2
 
     store = SqliteStore(copy)
@@ -455,7 +471,7 @@ def test_unreachable_coordinator_exits_3(tmp_path: Path) -> None:
     graph = _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]})
     for argv in (["submit", graph, "--wait"], ["runs"], ["status", "r"], ["workers"]):
         proc = subprocess.run(
-            [sys.executable, "-m", "coordinator", *argv, "--coordinator", address],
+            [sys.executable, "-m", "hivegrid.coordinator", *argv, "--coordinator", address],
             cwd=REPO,
             env=_env(),
             capture_output=True,

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.graphfile import GraphFileError, load_graph_file, parse_graph, parse_graph_text
+from hivegrid.coordinator.graphfile import (
+    GraphFileError,
+    load_graph_file,
+    parse_graph,
+    parse_graph_text,
+)
 
 pytestmark = pytest.mark.timeout(10)
 

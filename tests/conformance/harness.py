@@ -349,7 +349,7 @@ class Process:
 
 
 class CoordinatorProcess:
-    """`python -m coordinator coordinator` on loopback; restartable on the same port and store."""
+    """`python -m hivegrid.coordinator coordinator` on loopback; restartable on port and store."""
 
     def __init__(self, log_dir: Path, store: str) -> None:
         self.log_dir = log_dir
@@ -367,7 +367,7 @@ class CoordinatorProcess:
             [
                 sys.executable,
                 "-m",
-                "coordinator",
+                "hivegrid.coordinator",
                 "coordinator",
                 "--listen",
                 listen,
@@ -410,7 +410,7 @@ def sdk_command(sdk: str) -> list[str]:
     if sdk == "python":
         if not (REPO / "worker" / "conformance.py").is_file():
             raise LookupError("the Python conformance worker worker/conformance.py is missing")
-        return [sys.executable, "-m", "worker.conformance"]
+        return [sys.executable, "-m", "hivegrid.worker.conformance"]
     if sdk == "go":
         binary = REPO / "sdks" / "go" / "bin" / "conformance-worker"
         if not (binary.is_file() and os.access(binary, os.X_OK)):

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AckStatus,
     Assignment,
     CancelOrder,
@@ -29,7 +29,7 @@ from coordinator.core import (
     RunState,
     validate,
 )
-from coordinator.core import graph as graph_module
+from hivegrid.coordinator.core import graph as graph_module
 
 # Short names for states, as in the transition table of coordinator/core/graph.py.
 P, RD, RN = NodeState.PENDING, NodeState.READY, NodeState.RUNNING

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,
@@ -34,8 +34,8 @@ from coordinator.core import (
     SplitNode,
     validate,
 )
-from coordinator.core import mutations as mutation_batch
-from coordinator.core import scheduler as scheduler_module
+from hivegrid.coordinator.core import mutations as mutation_batch
+from hivegrid.coordinator.core import scheduler as scheduler_module
 
 from .conftest import (
     CX,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,
@@ -36,7 +36,7 @@ from coordinator.core import (
     RunState,
     SplitNode,
 )
-from coordinator.core.model import TERMINAL
+from hivegrid.coordinator.core.model import TERMINAL
 
 from .conftest import Driver, node_facts, replay
 

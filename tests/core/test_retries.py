@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.core import AckStatus, NodeError, NodeState, Outcome, RetryPolicy, RunState
+from hivegrid.coordinator.core import (
+    AckStatus,
+    NodeError,
+    NodeState,
+    Outcome,
+    RetryPolicy,
+    RunState,
+)
 
 from .conftest import Driver, kinds, retry, spec, transitions_of
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,

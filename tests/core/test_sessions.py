@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.core import AckStatus, AddNode, NodeState, Outcome, RunState
+from hivegrid.coordinator.core import AckStatus, AddNode, NodeState, Outcome, RunState
 
 from .conftest import Driver, kinds, retry, spec, transitions_of
 

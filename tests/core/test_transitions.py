@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from coordinator.core import (
+from hivegrid.coordinator.core import (
     AddEdge,
     Assignment,
     ConfirmSpeculative,
@@ -16,7 +16,7 @@ from coordinator.core import (
     MarkSpeculative,
     NodeState,
 )
-from coordinator.core.graph import TRANSITIONS
+from hivegrid.coordinator.core.graph import TRANSITIONS
 
 from .conftest import CX, FL, OK, RD, RN, SK, SP, Driver, P, spec
 

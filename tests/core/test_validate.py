@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from coordinator.core import NodeState, RunState, validate
+from hivegrid.coordinator.core import NodeState, RunState, validate
 
 from .conftest import Driver, spec
 

@@ -33,10 +33,10 @@ import grpc
 from hypothesis import event, note
 from hypothesis.control import currently_in_test_context
 
-from coordinator.core import NodeState, RunState, validate
-from coordinator.limits import build_limits
-from coordinator.server import Coordinator
-from coordinator.store import StoreError
+from hivegrid.coordinator.core import NodeState, RunState, validate
+from hivegrid.coordinator.limits import build_limits
+from hivegrid.coordinator.server import Coordinator
+from hivegrid.coordinator.store import StoreError
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb

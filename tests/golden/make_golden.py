@@ -12,7 +12,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from coordinator.server import Coordinator
+from hivegrid.coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb

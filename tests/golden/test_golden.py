@@ -9,8 +9,8 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from coordinator.server import Coordinator
-from coordinator.store import SqliteStore
+from hivegrid.coordinator.server import Coordinator
+from hivegrid.coordinator.store import SqliteStore
 from hivegrid.v1 import run_pb2 as rpb
 from tests.service.harness import Client
 

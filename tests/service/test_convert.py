@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from coordinator import convert, snapshot
-from coordinator.core import Core, NodeSpec, RetryPolicy
+from hivegrid.coordinator import convert, snapshot
+from hivegrid.coordinator.core import Core, NodeSpec, RetryPolicy
 from hivegrid.v1 import graph_pb2 as gpb
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coordinator.server import Coordinator
-from coordinator.store import StoreError
+from hivegrid.coordinator.server import Coordinator
+from hivegrid.coordinator.store import StoreError
 from hivegrid.storage.v1.storage_pb2 import EventBatch
 from hivegrid.v1 import graph_pb2 as gpb
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.server import Coordinator
+from hivegrid.coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb

@@ -16,9 +16,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.limits import build_limits
-from coordinator.server import Coordinator
-from coordinator.store import StoreError
+from hivegrid.coordinator.limits import build_limits
+from hivegrid.coordinator.server import Coordinator
+from hivegrid.coordinator.store import StoreError
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
@@ -639,7 +639,7 @@ def test_watchers_per_run_are_limited() -> None:
 def test_a_watcher_that_falls_behind_still_sees_every_event_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import coordinator.runtime as runtime_module
+    import hivegrid.coordinator.runtime as runtime_module
 
     monkeypatch.setattr(runtime_module, "_WATCH_QUEUE_EVENTS", 20)
 
@@ -713,7 +713,7 @@ def test_ended_runs_are_deleted_by_request_and_by_retention(tmp_path: Path) -> N
 
 
 def test_snapshots_are_written_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import coordinator.snapshot as snapshot_module
+    import hivegrid.coordinator.snapshot as snapshot_module
 
     monkeypatch.setattr(snapshot_module, "CHUNK_NODES", 10)
     url = f"sqlite:///{tmp_path}/hg.db"

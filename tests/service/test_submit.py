@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from coordinator.server import Coordinator
+from hivegrid.coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.store import (
+from hivegrid.coordinator.store import (
     SCHEMA_VERSION,
     MemoryStore,
     SqliteStore,

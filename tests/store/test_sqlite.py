@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.store import SCHEMA_VERSION, SqliteStore, StoreError, backup_sqlite
+from hivegrid.coordinator.store import SCHEMA_VERSION, SqliteStore, StoreError, backup_sqlite
 from hivegrid.storage.v1.storage_pb2 import EventBatch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # (or, when argv[3] is "try", reports what opening it says and exits).
 _HOLDER = """
 import sys
-from coordinator.store import SqliteStore, StoreError
+from hivegrid.coordinator.store import SqliteStore, StoreError
 store = SqliteStore(sys.argv[1], holder=sys.argv[2])
 if sys.argv[3] == "try":
     try:

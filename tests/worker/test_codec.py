@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hivegrid.v1 import worker_pb2 as wpb
-from worker import _codec
+from hivegrid.worker import _codec
 
 refs = st.builds(
     wpb.AssignmentRef,

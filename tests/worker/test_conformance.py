@@ -1,4 +1,4 @@
-"""The conformance agents (CONFORMANCE.md) and the `python -m worker.conformance` program."""
+"""The conformance agents (CONFORMANCE.md) and `python -m hivegrid.worker.conformance`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hivegrid.v1 import worker_pb2 as wpb
-from worker.conformance import build_worker
+from hivegrid.worker.conformance import build_worker
 
 from .conftest import WAIT, FakeCoordinator, assignment
 
@@ -211,7 +211,7 @@ async def start_program(address: str, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.conformance",
+        "hivegrid.worker.conformance",
         "--coordinator",
         address,
         *args,

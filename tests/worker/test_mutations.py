@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hivegrid.v1 import graph_pb2 as gpb
-from worker import MutationBuilder, mutations_from_json, node_spec
+from hivegrid.worker import MutationBuilder, mutations_from_json, node_spec
 
 
 def test_builder_matches_the_json_form() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from hivegrid.v1 import worker_pb2 as wpb
-from worker import Context, CoordinatorRefusedError, NonRetryableError, Worker
+from hivegrid.worker import Context, CoordinatorRefusedError, NonRetryableError, Worker
 
 from .conftest import WAIT, FakeCoordinator, assignment, changes
 

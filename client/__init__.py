@@ -1,0 +1,1 @@
+"""The Hivegrid client: submit graphs, follow runs, and steer them from application code."""
