@@ -59,8 +59,8 @@ from .store import Store, StoreError
 
 log = logging.getLogger("hivegrid.runtime")
 
-PROTOCOL_VERSION = 2
-MAX_BATCH = 512
+PROTOCOL_VERSION = wpb.PROTOCOL_CONSTANT_VERSION
+MAX_BATCH = wpb.PROTOCOL_CONSTANT_MAX_BATCH
 _ASSIGN_CHUNK = 256
 _WATCH_PAGE = 1000
 # A page of history read for a watcher holds about this much at most.
@@ -220,8 +220,10 @@ class Link:
         self.dropped_progress = 0
 
     def take_messages(self) -> list[wpb.ConnectResponse]:
-        """What is queued for the worker, as few messages as the batch limit allows: acks,
-        cancels and the first assignments share one Push, so that one write carries them."""
+        """What is queued for the worker, as few messages as the batch limit allows: acks and
+        the first assignments share one Push, so that one write carries them, and the cancels
+        travel in the last Push, never ahead of an assignment they may name (a worker handles a
+        Push's assignments before its cancels)."""
         out: list[wpb.ConnectResponse] = []
         acks, cancels, items = self.acks, self.cancels, self.assignments
         if acks or cancels or items:
@@ -230,13 +232,21 @@ class Link:
                 self.unacked -= len(acks)
                 if self.unacked < self.max_unacked:
                     self.readable.set()
-            first = items[:_ASSIGN_CHUNK] if len(items) > _ASSIGN_CHUNK else items
-            out.append(
-                wpb.ConnectResponse(push=wpb.Push(acks=acks, cancels=cancels, assignments=first))
-            )
-            for i in range(_ASSIGN_CHUNK, len(items), _ASSIGN_CHUNK):
-                chunk = items[i : i + _ASSIGN_CHUNK]
-                out.append(wpb.ConnectResponse(push=wpb.Push(assignments=chunk)))
+            if len(items) <= _ASSIGN_CHUNK:
+                out.append(
+                    wpb.ConnectResponse(
+                        push=wpb.Push(acks=acks, cancels=cancels, assignments=items)
+                    )
+                )
+            else:
+                last = (len(items) - 1) // _ASSIGN_CHUNK * _ASSIGN_CHUNK
+                for i in range(0, len(items), _ASSIGN_CHUNK):
+                    push = wpb.Push(assignments=items[i : i + _ASSIGN_CHUNK])
+                    if i == 0:
+                        push.acks.extend(acks)
+                    if i == last:
+                        push.cancels.extend(cancels)
+                    out.append(wpb.ConnectResponse(push=push))
         if self.drain_requested:
             self.drain_requested = False
             out.append(wpb.ConnectResponse(drain_request=wpb.DrainRequest()))

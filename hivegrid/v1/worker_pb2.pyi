@@ -20,6 +20,65 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ProtocolConstant:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProtocolConstantEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProtocolConstant.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROTOCOL_CONSTANT_UNSPECIFIED: _ProtocolConstant.ValueType  # 0
+    PROTOCOL_CONSTANT_VERSION: _ProtocolConstant.ValueType  # 2
+    """The protocol version this file describes (Hello.protocol_version, Welcome.protocol_version)."""
+    PROTOCOL_CONSTANT_DEFAULT_SLOTS: _ProtocolConstant.ValueType  # 4
+    """A worker's slots when its program does not say."""
+    PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS: _ProtocolConstant.ValueType  # 10000
+    """How long a worker waits for the Welcome after its Hello, in milliseconds, before it drops
+    the stream and reconnects with backoff.
+    """
+    PROTOCOL_CONSTANT_CANCEL_GRACE_MS: _ProtocolConstant.ValueType  # 5000
+    """How long a cancelled agent has to return, in milliseconds, before the SDK answers
+    OUTCOME_CANCELLED for it and frees its slot (the agent's code is left to finish alone).
+    """
+    PROTOCOL_CONSTANT_MAX_BATCH: _ProtocolConstant.ValueType  # 512
+    """Welcome.max_batch when a coordinator leaves it 0: the most results in one Results message."""
+    PROTOCOL_CONSTANT_BATCH_WINDOW_US: _ProtocolConstant.ValueType  # 200
+    """How long a worker may hold a finished result, in microseconds, so that results finishing
+    together share one Results message while others still run (docs/protocol.md, "Batching").
+    """
+    PROTOCOL_CONSTANT_RECONNECT_FIRST_MS: _ProtocolConstant.ValueType  # 50
+    """Reconnect backoff: the first delay and the most, in milliseconds (full jitter)."""
+    PROTOCOL_CONSTANT_RECONNECT_MAX_MS: _ProtocolConstant.ValueType  # 1000
+
+class ProtocolConstant(_ProtocolConstant, metaclass=_ProtocolConstantEnumTypeWrapper):
+    """The protocol's constants, written once here so that the coordinator and every SDK read them
+    from their generated code rather than keeping copies. The values are the constants; the enum
+    is never sent.
+    """
+
+PROTOCOL_CONSTANT_UNSPECIFIED: ProtocolConstant.ValueType  # 0
+PROTOCOL_CONSTANT_VERSION: ProtocolConstant.ValueType  # 2
+"""The protocol version this file describes (Hello.protocol_version, Welcome.protocol_version)."""
+PROTOCOL_CONSTANT_DEFAULT_SLOTS: ProtocolConstant.ValueType  # 4
+"""A worker's slots when its program does not say."""
+PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS: ProtocolConstant.ValueType  # 10000
+"""How long a worker waits for the Welcome after its Hello, in milliseconds, before it drops
+the stream and reconnects with backoff.
+"""
+PROTOCOL_CONSTANT_CANCEL_GRACE_MS: ProtocolConstant.ValueType  # 5000
+"""How long a cancelled agent has to return, in milliseconds, before the SDK answers
+OUTCOME_CANCELLED for it and frees its slot (the agent's code is left to finish alone).
+"""
+PROTOCOL_CONSTANT_MAX_BATCH: ProtocolConstant.ValueType  # 512
+"""Welcome.max_batch when a coordinator leaves it 0: the most results in one Results message."""
+PROTOCOL_CONSTANT_BATCH_WINDOW_US: ProtocolConstant.ValueType  # 200
+"""How long a worker may hold a finished result, in microseconds, so that results finishing
+together share one Results message while others still run (docs/protocol.md, "Batching").
+"""
+PROTOCOL_CONSTANT_RECONNECT_FIRST_MS: ProtocolConstant.ValueType  # 50
+"""Reconnect backoff: the first delay and the most, in milliseconds (full jitter)."""
+PROTOCOL_CONSTANT_RECONNECT_MAX_MS: ProtocolConstant.ValueType  # 1000
+Global___ProtocolConstant: _TypeAlias = ProtocolConstant  # noqa: Y015
+
 class _Outcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -619,8 +678,10 @@ Global___Cancel: _TypeAlias = Cancel  # noqa: Y015
 @_typing.final
 class Push(_message.Message):
     """Everything the coordinator has for a worker at the moment it writes. A worker handles the
-    acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
-    Push never holds more than Welcome.max_batch assignments.
+    acks first, then the assignments, then the cancels: a Cancel may name an attempt whose
+    Assignment is in the same Push, and must find it. The coordinator never sends a Cancel in an
+    earlier Push than its attempt's Assignment. Any of the three lists may be empty; a Push never
+    holds more than Welcome.max_batch assignments.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

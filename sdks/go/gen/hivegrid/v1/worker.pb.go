@@ -21,6 +21,86 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// The protocol's constants, written once here so that the coordinator and every SDK read them
+// from their generated code rather than keeping copies. The values are the constants; the enum
+// is never sent.
+type ProtocolConstant int32
+
+const (
+	ProtocolConstant_PROTOCOL_CONSTANT_UNSPECIFIED ProtocolConstant = 0
+	// The protocol version this file describes (Hello.protocol_version, Welcome.protocol_version).
+	ProtocolConstant_PROTOCOL_CONSTANT_VERSION ProtocolConstant = 2
+	// A worker's slots when its program does not say.
+	ProtocolConstant_PROTOCOL_CONSTANT_DEFAULT_SLOTS ProtocolConstant = 4
+	// How long a worker waits for the Welcome after its Hello, in milliseconds, before it drops
+	// the stream and reconnects with backoff.
+	ProtocolConstant_PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS ProtocolConstant = 10000
+	// How long a cancelled agent has to return, in milliseconds, before the SDK answers
+	// OUTCOME_CANCELLED for it and frees its slot (the agent's code is left to finish alone).
+	ProtocolConstant_PROTOCOL_CONSTANT_CANCEL_GRACE_MS ProtocolConstant = 5000
+	// Welcome.max_batch when a coordinator leaves it 0: the most results in one Results message.
+	ProtocolConstant_PROTOCOL_CONSTANT_MAX_BATCH ProtocolConstant = 512
+	// How long a worker may hold a finished result, in microseconds, so that results finishing
+	// together share one Results message while others still run (docs/protocol.md, "Batching").
+	ProtocolConstant_PROTOCOL_CONSTANT_BATCH_WINDOW_US ProtocolConstant = 200
+	// Reconnect backoff: the first delay and the most, in milliseconds (full jitter).
+	ProtocolConstant_PROTOCOL_CONSTANT_RECONNECT_FIRST_MS ProtocolConstant = 50
+	ProtocolConstant_PROTOCOL_CONSTANT_RECONNECT_MAX_MS   ProtocolConstant = 1000
+)
+
+// Enum value maps for ProtocolConstant.
+var (
+	ProtocolConstant_name = map[int32]string{
+		0:     "PROTOCOL_CONSTANT_UNSPECIFIED",
+		2:     "PROTOCOL_CONSTANT_VERSION",
+		4:     "PROTOCOL_CONSTANT_DEFAULT_SLOTS",
+		10000: "PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS",
+		5000:  "PROTOCOL_CONSTANT_CANCEL_GRACE_MS",
+		512:   "PROTOCOL_CONSTANT_MAX_BATCH",
+		200:   "PROTOCOL_CONSTANT_BATCH_WINDOW_US",
+		50:    "PROTOCOL_CONSTANT_RECONNECT_FIRST_MS",
+		1000:  "PROTOCOL_CONSTANT_RECONNECT_MAX_MS",
+	}
+	ProtocolConstant_value = map[string]int32{
+		"PROTOCOL_CONSTANT_UNSPECIFIED":        0,
+		"PROTOCOL_CONSTANT_VERSION":            2,
+		"PROTOCOL_CONSTANT_DEFAULT_SLOTS":      4,
+		"PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS": 10000,
+		"PROTOCOL_CONSTANT_CANCEL_GRACE_MS":    5000,
+		"PROTOCOL_CONSTANT_MAX_BATCH":          512,
+		"PROTOCOL_CONSTANT_BATCH_WINDOW_US":    200,
+		"PROTOCOL_CONSTANT_RECONNECT_FIRST_MS": 50,
+		"PROTOCOL_CONSTANT_RECONNECT_MAX_MS":   1000,
+	}
+)
+
+func (x ProtocolConstant) Enum() *ProtocolConstant {
+	p := new(ProtocolConstant)
+	*p = x
+	return p
+}
+
+func (x ProtocolConstant) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProtocolConstant) Descriptor() protoreflect.EnumDescriptor {
+	return file_hivegrid_v1_worker_proto_enumTypes[0].Descriptor()
+}
+
+func (ProtocolConstant) Type() protoreflect.EnumType {
+	return &file_hivegrid_v1_worker_proto_enumTypes[0]
+}
+
+func (x ProtocolConstant) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProtocolConstant.Descriptor instead.
+func (ProtocolConstant) EnumDescriptor() ([]byte, []int) {
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{0}
+}
+
 type Outcome int32
 
 const (
@@ -58,11 +138,11 @@ func (x Outcome) String() string {
 }
 
 func (Outcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_hivegrid_v1_worker_proto_enumTypes[0].Descriptor()
+	return file_hivegrid_v1_worker_proto_enumTypes[1].Descriptor()
 }
 
 func (Outcome) Type() protoreflect.EnumType {
-	return &file_hivegrid_v1_worker_proto_enumTypes[0]
+	return &file_hivegrid_v1_worker_proto_enumTypes[1]
 }
 
 func (x Outcome) Number() protoreflect.EnumNumber {
@@ -71,7 +151,7 @@ func (x Outcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Outcome.Descriptor instead.
 func (Outcome) EnumDescriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{0}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{1}
 }
 
 type AckStatus int32
@@ -125,11 +205,11 @@ func (x AckStatus) String() string {
 }
 
 func (AckStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_hivegrid_v1_worker_proto_enumTypes[1].Descriptor()
+	return file_hivegrid_v1_worker_proto_enumTypes[2].Descriptor()
 }
 
 func (AckStatus) Type() protoreflect.EnumType {
-	return &file_hivegrid_v1_worker_proto_enumTypes[1]
+	return &file_hivegrid_v1_worker_proto_enumTypes[2]
 }
 
 func (x AckStatus) Number() protoreflect.EnumNumber {
@@ -138,7 +218,7 @@ func (x AckStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AckStatus.Descriptor instead.
 func (AckStatus) EnumDescriptor() ([]byte, []int) {
-	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{1}
+	return file_hivegrid_v1_worker_proto_rawDescGZIP(), []int{2}
 }
 
 // Worker -> coordinator.
@@ -1264,8 +1344,10 @@ func (x *Cancel) GetReason() string {
 }
 
 // Everything the coordinator has for a worker at the moment it writes. A worker handles the
-// acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
-// Push never holds more than Welcome.max_batch assignments.
+// acks first, then the assignments, then the cancels: a Cancel may name an attempt whose
+// Assignment is in the same Push, and must find it. The coordinator never sends a Cancel in an
+// earlier Push than its attempt's Assignment. Any of the three lists may be empty; a Push never
+// holds more than Welcome.max_batch assignments.
 type Push struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Acks          []*Ack                 `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
@@ -1536,7 +1618,17 @@ const file_hivegrid_v1_worker_proto_rawDesc = "" +
 	"\vassignments\x18\x03 \x03(\v2\x17.hivegrid.v1.AssignmentR\vassignments\"\v\n" +
 	"\tHeartbeat\"\a\n" +
 	"\x05Drain\"\x0e\n" +
-	"\fDrainRequest*d\n" +
+	"\fDrainRequest*\xe9\x02\n" +
+	"\x10ProtocolConstant\x12!\n" +
+	"\x1dPROTOCOL_CONSTANT_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19PROTOCOL_CONSTANT_VERSION\x10\x02\x12#\n" +
+	"\x1fPROTOCOL_CONSTANT_DEFAULT_SLOTS\x10\x04\x12)\n" +
+	"$PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS\x10\x90N\x12&\n" +
+	"!PROTOCOL_CONSTANT_CANCEL_GRACE_MS\x10\x88'\x12 \n" +
+	"\x1bPROTOCOL_CONSTANT_MAX_BATCH\x10\x80\x04\x12&\n" +
+	"!PROTOCOL_CONSTANT_BATCH_WINDOW_US\x10\xc8\x01\x12(\n" +
+	"$PROTOCOL_CONSTANT_RECONNECT_FIRST_MS\x102\x12'\n" +
+	"\"PROTOCOL_CONSTANT_RECONNECT_MAX_MS\x10\xe8\a*d\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
@@ -1564,66 +1656,67 @@ func file_hivegrid_v1_worker_proto_rawDescGZIP() []byte {
 	return file_hivegrid_v1_worker_proto_rawDescData
 }
 
-var file_hivegrid_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_hivegrid_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_hivegrid_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_hivegrid_v1_worker_proto_goTypes = []any{
-	(Outcome)(0),             // 0: hivegrid.v1.Outcome
-	(AckStatus)(0),           // 1: hivegrid.v1.AckStatus
-	(*ConnectRequest)(nil),   // 2: hivegrid.v1.ConnectRequest
-	(*ConnectResponse)(nil),  // 3: hivegrid.v1.ConnectResponse
-	(*Hello)(nil),            // 4: hivegrid.v1.Hello
-	(*Welcome)(nil),          // 5: hivegrid.v1.Welcome
-	(*Refusal)(nil),          // 6: hivegrid.v1.Refusal
-	(*AssignmentRef)(nil),    // 7: hivegrid.v1.AssignmentRef
-	(*DependencyResult)(nil), // 8: hivegrid.v1.DependencyResult
-	(*Assignment)(nil),       // 9: hivegrid.v1.Assignment
-	(*Result)(nil),           // 10: hivegrid.v1.Result
-	(*Results)(nil),          // 11: hivegrid.v1.Results
-	(*Progress)(nil),         // 12: hivegrid.v1.Progress
-	(*ProgressBatch)(nil),    // 13: hivegrid.v1.ProgressBatch
-	(*Ack)(nil),              // 14: hivegrid.v1.Ack
-	(*Cancel)(nil),           // 15: hivegrid.v1.Cancel
-	(*Push)(nil),             // 16: hivegrid.v1.Push
-	(*Heartbeat)(nil),        // 17: hivegrid.v1.Heartbeat
-	(*Drain)(nil),            // 18: hivegrid.v1.Drain
-	(*DrainRequest)(nil),     // 19: hivegrid.v1.DrainRequest
-	nil,                      // 20: hivegrid.v1.Hello.LabelsEntry
-	nil,                      // 21: hivegrid.v1.Assignment.MetadataEntry
-	(*NodeError)(nil),        // 22: hivegrid.v1.NodeError
-	(*Mutation)(nil),         // 23: hivegrid.v1.Mutation
+	(ProtocolConstant)(0),    // 0: hivegrid.v1.ProtocolConstant
+	(Outcome)(0),             // 1: hivegrid.v1.Outcome
+	(AckStatus)(0),           // 2: hivegrid.v1.AckStatus
+	(*ConnectRequest)(nil),   // 3: hivegrid.v1.ConnectRequest
+	(*ConnectResponse)(nil),  // 4: hivegrid.v1.ConnectResponse
+	(*Hello)(nil),            // 5: hivegrid.v1.Hello
+	(*Welcome)(nil),          // 6: hivegrid.v1.Welcome
+	(*Refusal)(nil),          // 7: hivegrid.v1.Refusal
+	(*AssignmentRef)(nil),    // 8: hivegrid.v1.AssignmentRef
+	(*DependencyResult)(nil), // 9: hivegrid.v1.DependencyResult
+	(*Assignment)(nil),       // 10: hivegrid.v1.Assignment
+	(*Result)(nil),           // 11: hivegrid.v1.Result
+	(*Results)(nil),          // 12: hivegrid.v1.Results
+	(*Progress)(nil),         // 13: hivegrid.v1.Progress
+	(*ProgressBatch)(nil),    // 14: hivegrid.v1.ProgressBatch
+	(*Ack)(nil),              // 15: hivegrid.v1.Ack
+	(*Cancel)(nil),           // 16: hivegrid.v1.Cancel
+	(*Push)(nil),             // 17: hivegrid.v1.Push
+	(*Heartbeat)(nil),        // 18: hivegrid.v1.Heartbeat
+	(*Drain)(nil),            // 19: hivegrid.v1.Drain
+	(*DrainRequest)(nil),     // 20: hivegrid.v1.DrainRequest
+	nil,                      // 21: hivegrid.v1.Hello.LabelsEntry
+	nil,                      // 22: hivegrid.v1.Assignment.MetadataEntry
+	(*NodeError)(nil),        // 23: hivegrid.v1.NodeError
+	(*Mutation)(nil),         // 24: hivegrid.v1.Mutation
 }
 var file_hivegrid_v1_worker_proto_depIdxs = []int32{
-	4,  // 0: hivegrid.v1.ConnectRequest.hello:type_name -> hivegrid.v1.Hello
-	11, // 1: hivegrid.v1.ConnectRequest.results:type_name -> hivegrid.v1.Results
-	13, // 2: hivegrid.v1.ConnectRequest.progress:type_name -> hivegrid.v1.ProgressBatch
-	17, // 3: hivegrid.v1.ConnectRequest.heartbeat:type_name -> hivegrid.v1.Heartbeat
-	18, // 4: hivegrid.v1.ConnectRequest.drain:type_name -> hivegrid.v1.Drain
-	5,  // 5: hivegrid.v1.ConnectResponse.welcome:type_name -> hivegrid.v1.Welcome
-	16, // 6: hivegrid.v1.ConnectResponse.push:type_name -> hivegrid.v1.Push
-	17, // 7: hivegrid.v1.ConnectResponse.heartbeat:type_name -> hivegrid.v1.Heartbeat
-	19, // 8: hivegrid.v1.ConnectResponse.drain_request:type_name -> hivegrid.v1.DrainRequest
-	6,  // 9: hivegrid.v1.ConnectResponse.refusal:type_name -> hivegrid.v1.Refusal
-	20, // 10: hivegrid.v1.Hello.labels:type_name -> hivegrid.v1.Hello.LabelsEntry
-	7,  // 11: hivegrid.v1.Hello.held:type_name -> hivegrid.v1.AssignmentRef
-	7,  // 12: hivegrid.v1.Welcome.held:type_name -> hivegrid.v1.AssignmentRef
-	7,  // 13: hivegrid.v1.Assignment.ref:type_name -> hivegrid.v1.AssignmentRef
-	8,  // 14: hivegrid.v1.Assignment.deps:type_name -> hivegrid.v1.DependencyResult
-	21, // 15: hivegrid.v1.Assignment.metadata:type_name -> hivegrid.v1.Assignment.MetadataEntry
-	7,  // 16: hivegrid.v1.Result.ref:type_name -> hivegrid.v1.AssignmentRef
-	0,  // 17: hivegrid.v1.Result.outcome:type_name -> hivegrid.v1.Outcome
-	22, // 18: hivegrid.v1.Result.error:type_name -> hivegrid.v1.NodeError
-	23, // 19: hivegrid.v1.Result.mutations:type_name -> hivegrid.v1.Mutation
-	10, // 20: hivegrid.v1.Results.items:type_name -> hivegrid.v1.Result
-	7,  // 21: hivegrid.v1.Progress.ref:type_name -> hivegrid.v1.AssignmentRef
-	12, // 22: hivegrid.v1.ProgressBatch.items:type_name -> hivegrid.v1.Progress
-	7,  // 23: hivegrid.v1.Ack.ref:type_name -> hivegrid.v1.AssignmentRef
-	1,  // 24: hivegrid.v1.Ack.status:type_name -> hivegrid.v1.AckStatus
-	7,  // 25: hivegrid.v1.Cancel.ref:type_name -> hivegrid.v1.AssignmentRef
-	14, // 26: hivegrid.v1.Push.acks:type_name -> hivegrid.v1.Ack
-	15, // 27: hivegrid.v1.Push.cancels:type_name -> hivegrid.v1.Cancel
-	9,  // 28: hivegrid.v1.Push.assignments:type_name -> hivegrid.v1.Assignment
-	2,  // 29: hivegrid.v1.WorkerService.Connect:input_type -> hivegrid.v1.ConnectRequest
-	3,  // 30: hivegrid.v1.WorkerService.Connect:output_type -> hivegrid.v1.ConnectResponse
+	5,  // 0: hivegrid.v1.ConnectRequest.hello:type_name -> hivegrid.v1.Hello
+	12, // 1: hivegrid.v1.ConnectRequest.results:type_name -> hivegrid.v1.Results
+	14, // 2: hivegrid.v1.ConnectRequest.progress:type_name -> hivegrid.v1.ProgressBatch
+	18, // 3: hivegrid.v1.ConnectRequest.heartbeat:type_name -> hivegrid.v1.Heartbeat
+	19, // 4: hivegrid.v1.ConnectRequest.drain:type_name -> hivegrid.v1.Drain
+	6,  // 5: hivegrid.v1.ConnectResponse.welcome:type_name -> hivegrid.v1.Welcome
+	17, // 6: hivegrid.v1.ConnectResponse.push:type_name -> hivegrid.v1.Push
+	18, // 7: hivegrid.v1.ConnectResponse.heartbeat:type_name -> hivegrid.v1.Heartbeat
+	20, // 8: hivegrid.v1.ConnectResponse.drain_request:type_name -> hivegrid.v1.DrainRequest
+	7,  // 9: hivegrid.v1.ConnectResponse.refusal:type_name -> hivegrid.v1.Refusal
+	21, // 10: hivegrid.v1.Hello.labels:type_name -> hivegrid.v1.Hello.LabelsEntry
+	8,  // 11: hivegrid.v1.Hello.held:type_name -> hivegrid.v1.AssignmentRef
+	8,  // 12: hivegrid.v1.Welcome.held:type_name -> hivegrid.v1.AssignmentRef
+	8,  // 13: hivegrid.v1.Assignment.ref:type_name -> hivegrid.v1.AssignmentRef
+	9,  // 14: hivegrid.v1.Assignment.deps:type_name -> hivegrid.v1.DependencyResult
+	22, // 15: hivegrid.v1.Assignment.metadata:type_name -> hivegrid.v1.Assignment.MetadataEntry
+	8,  // 16: hivegrid.v1.Result.ref:type_name -> hivegrid.v1.AssignmentRef
+	1,  // 17: hivegrid.v1.Result.outcome:type_name -> hivegrid.v1.Outcome
+	23, // 18: hivegrid.v1.Result.error:type_name -> hivegrid.v1.NodeError
+	24, // 19: hivegrid.v1.Result.mutations:type_name -> hivegrid.v1.Mutation
+	11, // 20: hivegrid.v1.Results.items:type_name -> hivegrid.v1.Result
+	8,  // 21: hivegrid.v1.Progress.ref:type_name -> hivegrid.v1.AssignmentRef
+	13, // 22: hivegrid.v1.ProgressBatch.items:type_name -> hivegrid.v1.Progress
+	8,  // 23: hivegrid.v1.Ack.ref:type_name -> hivegrid.v1.AssignmentRef
+	2,  // 24: hivegrid.v1.Ack.status:type_name -> hivegrid.v1.AckStatus
+	8,  // 25: hivegrid.v1.Cancel.ref:type_name -> hivegrid.v1.AssignmentRef
+	15, // 26: hivegrid.v1.Push.acks:type_name -> hivegrid.v1.Ack
+	16, // 27: hivegrid.v1.Push.cancels:type_name -> hivegrid.v1.Cancel
+	10, // 28: hivegrid.v1.Push.assignments:type_name -> hivegrid.v1.Assignment
+	3,  // 29: hivegrid.v1.WorkerService.Connect:input_type -> hivegrid.v1.ConnectRequest
+	4,  // 30: hivegrid.v1.WorkerService.Connect:output_type -> hivegrid.v1.ConnectResponse
 	30, // [30:31] is the sub-list for method output_type
 	29, // [29:30] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
@@ -1656,7 +1749,7 @@ func file_hivegrid_v1_worker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hivegrid_v1_worker_proto_rawDesc), len(file_hivegrid_v1_worker_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -23,6 +23,40 @@ export const protobufPackage = "hivegrid.v1";
 
 export const protobufFileName = "hivegrid/v1/worker.proto";
 
+/**
+ * The protocol's constants, written once here so that the coordinator and every SDK read them
+ * from their generated code rather than keeping copies. The values are the constants; the enum
+ * is never sent.
+ */
+export enum ProtocolConstant {
+  PROTOCOL_CONSTANT_UNSPECIFIED = 0,
+  /** PROTOCOL_CONSTANT_VERSION - The protocol version this file describes (Hello.protocol_version, Welcome.protocol_version). */
+  PROTOCOL_CONSTANT_VERSION = 2,
+  /** PROTOCOL_CONSTANT_DEFAULT_SLOTS - A worker's slots when its program does not say. */
+  PROTOCOL_CONSTANT_DEFAULT_SLOTS = 4,
+  /**
+   * PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS - How long a worker waits for the Welcome after its Hello, in milliseconds, before it drops
+   * the stream and reconnects with backoff.
+   */
+  PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS = 10000,
+  /**
+   * PROTOCOL_CONSTANT_CANCEL_GRACE_MS - How long a cancelled agent has to return, in milliseconds, before the SDK answers
+   * OUTCOME_CANCELLED for it and frees its slot (the agent's code is left to finish alone).
+   */
+  PROTOCOL_CONSTANT_CANCEL_GRACE_MS = 5000,
+  /** PROTOCOL_CONSTANT_MAX_BATCH - Welcome.max_batch when a coordinator leaves it 0: the most results in one Results message. */
+  PROTOCOL_CONSTANT_MAX_BATCH = 512,
+  /**
+   * PROTOCOL_CONSTANT_BATCH_WINDOW_US - How long a worker may hold a finished result, in microseconds, so that results finishing
+   * together share one Results message while others still run (docs/protocol.md, "Batching").
+   */
+  PROTOCOL_CONSTANT_BATCH_WINDOW_US = 200,
+  /** PROTOCOL_CONSTANT_RECONNECT_FIRST_MS - Reconnect backoff: the first delay and the most, in milliseconds (full jitter). */
+  PROTOCOL_CONSTANT_RECONNECT_FIRST_MS = 50,
+  PROTOCOL_CONSTANT_RECONNECT_MAX_MS = 1000,
+  UNRECOGNIZED = -1,
+}
+
 export enum Outcome {
   OUTCOME_UNSPECIFIED = 0,
   OUTCOME_SUCCEEDED = 1,
@@ -236,8 +270,10 @@ export interface Cancel {
 
 /**
  * Everything the coordinator has for a worker at the moment it writes. A worker handles the
- * acks first, then the cancels, then the assignments. Any of the three lists may be empty; a
- * Push never holds more than Welcome.max_batch assignments.
+ * acks first, then the assignments, then the cancels: a Cancel may name an attempt whose
+ * Assignment is in the same Push, and must find it. The coordinator never sends a Cancel in an
+ * earlier Push than its attempt's Assignment. Any of the three lists may be empty; a Push never
+ * holds more than Welcome.max_batch assignments.
  */
 export interface Push {
   acks: Ack[];
