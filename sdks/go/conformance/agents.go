@@ -37,10 +37,13 @@ func Agents() map[string]hivegrid.AgentFunc {
 }
 
 // Register registers every conformance agent on w.
-func Register(w *hivegrid.Worker) {
+func Register(w *hivegrid.Worker) error {
 	for name, fn := range Agents() {
-		w.Register(name, fn)
+		if err := w.Register(name, fn); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 // decode reads the node input into v; a malformed input fails for good.

@@ -20,7 +20,9 @@ func session(t *testing.T) *fc.Session {
 	t.Helper()
 	c := fc.Start(t)
 	w := hivegrid.NewWorker(hivegrid.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), hivegrid.WithSlots(8))
-	Register(w)
+	if err := Register(w); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = w.Run(ctx, c.Addr) }()

@@ -374,9 +374,6 @@ func (rt *runtime) nextProgress(l limits) *pb.ConnectRequest {
 	return &pb.ConnectRequest{Msg: &pb.ConnectRequest_Progress{Progress: &pb.ProgressBatch{Items: items}}}
 }
 
-// resultLinger is how long finished results wait for others still running before they are sent.
-const resultLinger = 200 * time.Microsecond
-
 func (rt *runtime) hasUnsentResults() bool {
 	for _, r := range rt.results {
 		if !r.sent {

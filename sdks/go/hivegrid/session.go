@@ -10,10 +10,10 @@ import (
 	pb "github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1"
 )
 
-// Defaults for Welcome fields the coordinator leaves at zero.
+// Defaults for Welcome fields the coordinator leaves at zero (max_batch's is a protocol
+// constant, in protocol.go).
 const (
 	defaultHeartbeat = 5 * time.Second
-	defaultMaxBatch  = 100
 	defaultMaxBytes  = 4 << 20
 )
 
@@ -81,7 +81,7 @@ func (rt *runtime) runSession(ctx context.Context, client pb.WorkerServiceClient
 var errDrained = errors.New("drained")
 
 func (rt *runtime) awaitWelcome(recvCh <-chan received) (*pb.Welcome, error) {
-	timer := time.NewTimer(rt.cfg.handshakeTimeout)
+	timer := time.NewTimer(welcomeTimeout)
 	defer timer.Stop()
 	select {
 	case r := <-recvCh:
@@ -96,7 +96,7 @@ func (rt *runtime) awaitWelcome(recvCh <-chan received) (*pb.Welcome, error) {
 			return nil, fmt.Errorf("protocol error: first message is %T, not Welcome", r.msg.GetMsg())
 		}
 	case <-timer.C:
-		return nil, fmt.Errorf("no Welcome within %s", rt.cfg.handshakeTimeout)
+		return nil, fmt.Errorf("no Welcome within %s", welcomeTimeout)
 	}
 }
 
@@ -234,11 +234,11 @@ func (rt *runtime) serve(ctx, sctx context.Context, stream pb.WorkerService_Conn
 func (rt *runtime) handle(m *pb.ConnectResponse) {
 	switch msg := m.GetMsg().(type) {
 	case *pb.ConnectResponse_Push:
-		// The protocol's order: a cancel applies to what was held before this Push, never to
-		// one of its own assignments.
+		// The protocol's order: acks, assignments, cancels. A cancel may name an assignment of
+		// its own Push; handled first, it would find nothing and the agent would run to its end.
 		rt.handleAcks(msg.Push.GetAcks())
-		rt.handleCancels(msg.Push.GetCancels())
 		rt.handleAssignments(msg.Push.GetAssignments())
+		rt.handleCancels(msg.Push.GetCancels())
 	case *pb.ConnectResponse_DrainRequest:
 		rt.log.Info("hivegrid: coordinator asked this worker to drain")
 		rt.draining = true

@@ -10,25 +10,11 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
-
 	pb "github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1"
 )
 
 // SDKVersion is sent in Hello.sdk_version.
 const SDKVersion = "0.1.0"
-
-// ProtocolVersion is the worker protocol version this SDK speaks.
-const ProtocolVersion = 2
-
-// Reconnecting is cheap (a refused connect); a short ceiling gets work going again soon after
-// a coordinator restart.
-const (
-	initialBackoff = 50 * time.Millisecond
-	maxBackoff     = 1 * time.Second
-)
 
 // Worker runs registered agents for a coordinator. Create it with NewWorker, Register its
 // agents, then call Run. A Worker may be Run once at a time.
@@ -40,69 +26,83 @@ type Worker struct {
 }
 
 type config struct {
-	name             string
-	slots            int
-	labels           map[string]string
-	logger           *slog.Logger
-	onConnect        func(sessionID string)
-	dialOptions      []grpc.DialOption
-	drainTimeout     time.Duration
-	handshakeTimeout time.Duration
-	cancelGrace      time.Duration
+	name         string
+	slots        int
+	labels       map[string]string
+	logger       *slog.Logger
+	onConnect    func(sessionID string)
+	conn         connConfig
+	drainTimeout time.Duration
+	cancelGrace  time.Duration
 }
 
-// Option configures a Worker.
-type Option func(*config)
+// Option configures a Worker: the options below, and the ConnOptions (WithTLS, WithToken,
+// WithDialOptions, ...) it shares with Dial.
+type Option interface{ applyWorker(*config) }
+
+type workerOption func(*config)
+
+func (o workerOption) applyWorker(c *config) { o(c) }
 
 // WithName sets the worker name operators see (default "go-worker").
-func WithName(name string) Option { return func(c *config) { c.name = name } }
+func WithName(name string) Option { return workerOption(func(c *config) { c.name = name }) }
 
-// WithSlots sets how many agents run at once (default 4; values below 1 count as 1).
-func WithSlots(n int) Option { return func(c *config) { c.slots = max(n, 1) } }
+// WithSlots sets how many agents run at once (default DefaultSlots; values below 1 count as 1).
+func WithSlots(n int) Option { return workerOption(func(c *config) { c.slots = max(n, 1) }) }
 
 // WithLabels sets the labels nodes can require of this worker.
 func WithLabels(labels map[string]string) Option {
-	return func(c *config) { c.labels = maps.Clone(labels) }
+	return workerOption(func(c *config) { c.labels = maps.Clone(labels) })
 }
 
 // WithLogger sets the logger (default slog.Default()).
-func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+func WithLogger(l *slog.Logger) Option { return workerOption(func(c *config) { c.logger = l }) }
 
 // WithOnConnect sets a function called with the session id on every Welcome.
-func WithOnConnect(f func(sessionID string)) Option { return func(c *config) { c.onConnect = f } }
-
-// WithDialOptions adds gRPC dial options (credentials, interceptors...). By default the
-// connection is plaintext.
-func WithDialOptions(opts ...grpc.DialOption) Option {
-	return func(c *config) { c.dialOptions = append(c.dialOptions, opts...) }
+func WithOnConnect(f func(sessionID string)) Option {
+	return workerOption(func(c *config) { c.onConnect = f })
 }
 
 // WithDrainTimeout bounds a drain: if the work in hand is not finished, delivered and acked
 // this long after Run's context is done, the remaining agents are cancelled and Run returns
 // ErrDrainTimeout. Zero (the default) waits as long as it takes.
-func WithDrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
+func WithDrainTimeout(d time.Duration) Option {
+	return workerOption(func(c *config) { c.drainTimeout = max(d, 0) })
+}
 
 // WithCancelGrace sets how long a cancelled agent may ignore its cancelled context before
-// the worker answers OUTCOME_CANCELLED for it and drops its late outcome (default 10 s). The
-// coordinator frees the slot only on that answer.
-func WithCancelGrace(d time.Duration) Option { return func(c *config) { c.cancelGrace = d } }
+// the worker answers OUTCOME_CANCELLED for it and drops its late outcome (default
+// DefaultCancelGrace, the protocol's). The coordinator frees the slot only on that answer.
+func WithCancelGrace(d time.Duration) Option {
+	return workerOption(func(c *config) { c.cancelGrace = max(d, 0) })
+}
 
 // NewWorker returns a Worker with no agents.
 func NewWorker(opts ...Option) *Worker {
-	cfg := config{name: "go-worker", slots: 4, logger: slog.Default(), handshakeTimeout: 10 * time.Second,
-		cancelGrace: 10 * time.Second}
+	cfg := config{name: "go-worker", slots: DefaultSlots, logger: slog.Default(), cancelGrace: DefaultCancelGrace}
 	for _, o := range opts {
-		o(&cfg)
+		o.applyWorker(&cfg)
 	}
 	return &Worker{cfg: cfg, agents: map[string]AgentFunc{}}
 }
 
-// Register makes the worker run agent name with fn, replacing any earlier registration.
+// Register makes the worker run agent name with fn. Registering a name twice is an error
+// (the second registration would silently win), and so are an empty name and a nil fn.
 // Registrations made after Run started take effect at the next Run.
-func (w *Worker) Register(name string, fn AgentFunc) {
+func (w *Worker) Register(name string, fn AgentFunc) error {
+	if name == "" {
+		return errors.New("hivegrid: an agent needs a name")
+	}
+	if fn == nil {
+		return fmt.Errorf("hivegrid: agent %q has a nil function", name)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if _, ok := w.agents[name]; ok {
+		return fmt.Errorf("hivegrid: agent %q is already registered", name)
+	}
 	w.agents[name] = fn
+	return nil
 }
 
 // Run connects to the coordinator at addr (host:port) and runs assignments until ctx is done
@@ -117,18 +117,9 @@ func (w *Worker) Run(ctx context.Context, addr string) error {
 	if len(agents) == 0 {
 		return errors.New("hivegrid: no agents registered")
 	}
-	dialOpts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// gRPC's own reconnect backoff (1 s base, 120 s cap) would dominate ours.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: initialBackoff, Multiplier: 2, Jitter: 0.2, MaxDelay: maxBackoff},
-			MinConnectTimeout: 5 * time.Second,
-		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256 << 20)),
-	}, w.cfg.dialOptions...)
-	conn, err := grpc.NewClient(addr, dialOpts...)
+	conn, err := w.cfg.conn.dial(addr)
 	if err != nil {
-		return fmt.Errorf("hivegrid: dial %s: %w", addr, err)
+		return err
 	}
 	defer conn.Close()
 	client := pb.NewWorkerServiceClient(conn)

@@ -19,6 +19,9 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// idle is an agent for tests that assign it nothing.
+func idle(context.Context, *hivegrid.Node) (any, error) { return nil, nil }
+
 // running is a Worker.Run in progress.
 type running struct {
 	cancel context.CancelFunc
@@ -29,7 +32,9 @@ func startWorker(t *testing.T, c *fc.Coordinator, agents map[string]hivegrid.Age
 	t.Helper()
 	w := hivegrid.NewWorker(append([]hivegrid.Option{hivegrid.WithLogger(quiet), hivegrid.WithName("test")}, opts...)...)
 	for name, fn := range agents {
-		w.Register(name, fn)
+		if err := w.Register(name, fn); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{cancel: cancel, done: make(chan error, 1)}
@@ -107,7 +112,7 @@ func (g *gates) agent(ctx context.Context, n *hivegrid.Node) (any, error) {
 func TestHandshake(t *testing.T) {
 	c := fc.Start(t)
 	sessions := make(chan string, 1)
-	startWorker(t, c, map[string]hivegrid.AgentFunc{"b": nil, "a": nil},
+	startWorker(t, c, map[string]hivegrid.AgentFunc{"b": idle, "a": idle},
 		hivegrid.WithSlots(3), hivegrid.WithLabels(map[string]string{"gpu": "1"}),
 		hivegrid.WithOnConnect(func(id string) { sessions <- id }))
 	s := c.NextSession(t)
@@ -128,7 +133,7 @@ func TestHandshake(t *testing.T) {
 
 func TestRefusalStopsRun(t *testing.T) {
 	c := fc.Start(t)
-	r := startWorker(t, c, map[string]hivegrid.AgentFunc{"a": nil})
+	r := startWorker(t, c, map[string]hivegrid.AgentFunc{"a": idle})
 	c.NextSession(t).Refuse("protocol version 1 unsupported")
 	var refused *hivegrid.RefusedError
 	if err := r.wait(t); !errors.As(err, &refused) || refused.Reason != "protocol version 1 unsupported" {
@@ -293,8 +298,7 @@ func TestCancelReachesAgent(t *testing.T) {
 		t.Fatalf("answer to cancel: %v", res[0])
 	}
 
-	// An agent that succeeds despite the cancel reports its real result. (Two Pushes: in one,
-	// the cancel would be handled before the assignment and find nothing to cancel.)
+	// An agent that succeeds despite the cancel reports its real result.
 	ref2 := fc.Ref("r", "m", 1, 6)
 	s.Assign(fc.Assignment(ref2, "stubborn", "null"))
 	s.Cancel(ref2)
@@ -305,9 +309,9 @@ func TestCancelReachesAgent(t *testing.T) {
 }
 
 // One Push carries an ack, cancels and an assignment. The worker must handle all three lists,
-// in the protocol's order: acks, cancels, then assignments. So the cancel of the Push's own
-// assignment finds nothing to cancel, and that assignment runs to success.
-func TestPushHandlesAcksThenCancelsThenAssignments(t *testing.T) {
+// in the protocol's order: acks, assignments, then cancels. So a cancel may name an
+// assignment of its own Push, and cancels that one too.
+func TestPushHandlesAcksThenAssignmentsThenCancels(t *testing.T) {
 	c := fc.Start(t)
 	g := newGates()
 	startWorker(t, c, map[string]hivegrid.AgentFunc{"gate": g.agent})
@@ -327,17 +331,13 @@ func TestPushHandlesAcksThenCancelsThenAssignments(t *testing.T) {
 		Cancels:     fc.Cancels(busy, fresh),
 		Assignments: []*pb.Assignment{fc.Assignment(fresh, "gate", "null")},
 	})
-	if got := recv(t, g.started); got != "fresh" {
-		t.Fatalf("started %s, want fresh", got)
+	res, _ := s.Results(t, 2)
+	got := map[string]pb.Outcome{}
+	for _, r := range res {
+		got[r.GetRef().GetNodeId()] = r.GetOutcome()
 	}
-	res, _ := s.Results(t, 1)
-	if res[0].GetRef().GetNodeId() != "busy" || res[0].GetOutcome() != pb.Outcome_OUTCOME_CANCELLED {
-		t.Fatalf("answer to the cancel of busy: %v", res[0])
-	}
-	g.open("fresh")
-	if res, _ = s.Results(t, 1); res[0].GetRef().GetNodeId() != "fresh" ||
-		res[0].GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
-		t.Fatalf("fresh, cancelled before it was assigned, answered %v", res[0])
+	if len(got) != 2 || got["busy"] != pb.Outcome_OUTCOME_CANCELLED || got["fresh"] != pb.Outcome_OUTCOME_CANCELLED {
+		t.Fatalf("answers to the cancels of busy and fresh (assigned in the cancel's Push): %v", res)
 	}
 
 	// The ack was handled: the worker forgot done, and still holds the two unacked results.
@@ -345,6 +345,43 @@ func TestPushHandlesAcksThenCancelsThenAssignments(t *testing.T) {
 	s = c.NextSession(t)
 	if held := heldNodes(s.Hello); !slices.Equal(held, []string{"busy", "fresh"}) {
 		t.Fatalf("held %v after the ack of done, want busy and fresh", held)
+	}
+}
+
+// The cancel/assignment order bug: a Cancel travelling in the same Push as its attempt's
+// Assignment must cancel that attempt, answer OUTCOME_CANCELLED and free the slot, rather than
+// find nothing to cancel and let the agent run to its end.
+func TestCancelInTheAssignmentsPushCancelsIt(t *testing.T) {
+	c := fc.Start(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	started := make(chan string, 4)
+	startWorker(t, c, map[string]hivegrid.AgentFunc{
+		// Runs until cancelled (or until the test ends: the bug would hold the slot that long).
+		"long": func(ctx context.Context, n *hivegrid.Node) (any, error) {
+			started <- n.NodeID
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-release:
+				return "ran to the end", nil
+			}
+		},
+		"quick": func(_ context.Context, n *hivegrid.Node) (any, error) { return n.NodeID, nil },
+	}, hivegrid.WithSlots(1))
+	s := c.NextSession(t)
+	s.Welcome(nil)
+	ref := fc.Ref("r", "long", 1, 7)
+	s.Push(&pb.Push{Assignments: []*pb.Assignment{fc.Assignment(ref, "long", "null")}, Cancels: fc.Cancels(ref)})
+	res, _ := s.Results(t, 1)
+	if r := res[0]; r.GetRef().GetLease() != 7 || r.GetOutcome() != pb.Outcome_OUTCOME_CANCELLED ||
+		r.GetError().GetKind() != "cancelled" {
+		t.Fatalf("answer to an attempt cancelled in its own Push: %v", r)
+	}
+	// The one slot is free again: the next assignment runs.
+	s.Assign(fc.Assignment(fc.Ref("r", "next", 1, 8), "quick", "null"))
+	if res, _ = s.Results(t, 1); res[0].GetRef().GetNodeId() != "next" || res[0].GetOutcome() != pb.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("assignment after the cancel: %v", res[0])
 	}
 }
 
@@ -429,7 +466,7 @@ func TestDrainOnContextCancel(t *testing.T) {
 
 func TestDrainRequestEndsRun(t *testing.T) {
 	c := fc.Start(t)
-	r := startWorker(t, c, map[string]hivegrid.AgentFunc{"a": nil})
+	r := startWorker(t, c, map[string]hivegrid.AgentFunc{"a": idle})
 	s := c.NextSession(t)
 	s.Welcome(nil)
 	s.RequestDrain()
@@ -511,7 +548,7 @@ func TestFailures(t *testing.T) {
 
 func TestHeartbeatWhenIdle(t *testing.T) {
 	c := fc.Start(t)
-	startWorker(t, c, map[string]hivegrid.AgentFunc{"a": nil})
+	startWorker(t, c, map[string]hivegrid.AgentFunc{"a": idle})
 	s := c.NextSession(t)
 	s.Welcome(&pb.Welcome{SessionId: "s", HeartbeatIntervalS: 0.02, SessionTimeoutS: 60})
 	for range 3 {
@@ -523,7 +560,7 @@ func TestHeartbeatWhenIdle(t *testing.T) {
 
 func TestSilentCoordinatorTriggersReconnect(t *testing.T) {
 	c := fc.Start(t)
-	startWorker(t, c, map[string]hivegrid.AgentFunc{"a": nil})
+	startWorker(t, c, map[string]hivegrid.AgentFunc{"a": idle})
 	c.NextSession(t).Welcome(&pb.Welcome{SessionId: "s", HeartbeatIntervalS: 30, SessionTimeoutS: 0.1})
 	c.NextSession(t) // the worker gave up on the silent session and came back
 }
@@ -642,4 +679,44 @@ func heldNodes(h *pb.Hello) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+// Welcome.held decides what survives a reconnect: a running attempt left out is cancelled
+// (and answered), a queued one left out is dropped unstarted, and unacked results are sent
+// again whatever the list says (their acks settle them).
+func TestWelcomeHeldDecidesWhatSurvives(t *testing.T) {
+	c := fc.Start(t)
+	g := newGates()
+	startWorker(t, c, map[string]hivegrid.AgentFunc{"gate": g.agent}, hivegrid.WithSlots(1))
+	s := c.NextSession(t)
+	s.Welcome(nil)
+	done, busy, queued := fc.Ref("r", "done", 1, 1), fc.Ref("r", "busy", 1, 2), fc.Ref("r", "queued", 1, 3)
+	s.Assign(fc.Assignment(done, "gate", "null"))
+	recv(t, g.started)
+	g.open("done")
+	s.Results(t, 1)
+	s.Assign(fc.Assignment(busy, "gate", "null"), fc.Assignment(queued, "gate", "null"))
+	if got := recv(t, g.started); got != "busy" {
+		t.Fatalf("started %s, want busy (one slot)", got)
+	}
+	s.Kill()
+
+	s = c.NextSession(t)
+	if held := heldNodes(s.Hello); !slices.Equal(held, []string{"busy", "done", "queued"}) {
+		t.Fatalf("held %v, want busy, done and queued", held)
+	}
+	s.Welcome(&pb.Welcome{SessionId: "s2", HeartbeatIntervalS: 30, Held: []*pb.AssignmentRef{done}})
+	res, _ := s.Results(t, 2)
+	got := map[string]pb.Outcome{}
+	for _, r := range res {
+		got[r.GetRef().GetNodeId()] = r.GetOutcome()
+	}
+	if len(got) != 2 || got["done"] != pb.Outcome_OUTCOME_SUCCEEDED || got["busy"] != pb.Outcome_OUTCOME_CANCELLED {
+		t.Fatalf("after a Welcome keeping only done: %v", res)
+	}
+	// The slot is free and queued is gone: the next assignment is the one that starts.
+	s.Assign(fc.Assignment(fc.Ref("r", "probe", 1, 4), "gate", "null"))
+	if started := recv(t, g.started); started != "probe" {
+		t.Fatalf("started %s, want probe (queued was not kept)", started)
+	}
 }

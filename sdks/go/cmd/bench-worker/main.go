@@ -55,7 +55,10 @@ func run() int {
 			hivegrid.WithSlots(*slots),
 			hivegrid.WithLogger(logger),
 		)
-		register(w)
+		if err := register(w); err != nil {
+			fmt.Fprintf(os.Stderr, "bench-worker: %v\n", err)
+			return 2
+		}
 		go func() { errs <- w.Run(context.Background(), *addr) }()
 	}
 
@@ -80,18 +83,20 @@ func run() int {
 // now is the wall clock in unix seconds.
 func now() float64 { return float64(time.Now().UnixMicro()) / 1e6 }
 
-func register(w *hivegrid.Worker) {
-	w.Register("noop", func(context.Context, *hivegrid.Node) (any, error) {
-		return nil, nil
-	})
-	w.Register("stamp", func(context.Context, *hivegrid.Node) (any, error) {
-		s := now()
-		return map[string]float64{"s": s, "e": now()}, nil
-	})
-	w.Register("join", func(_ context.Context, n *hivegrid.Node) (any, error) {
-		return len(n.Deps), nil
-	})
-	w.Register("spawn", spawn)
+func register(w *hivegrid.Worker) error {
+	return errors.Join(
+		w.Register("noop", func(context.Context, *hivegrid.Node) (any, error) {
+			return nil, nil
+		}),
+		w.Register("stamp", func(context.Context, *hivegrid.Node) (any, error) {
+			s := now()
+			return map[string]float64{"s": s, "e": now()}, nil
+		}),
+		w.Register("join", func(_ context.Context, n *hivegrid.Node) (any, error) {
+			return len(n.Deps), nil
+		}),
+		w.Register("spawn", spawn),
+	)
 }
 
 // spawn: input {"count": n, "child": agent (default "noop"), "child_input": any} adds the

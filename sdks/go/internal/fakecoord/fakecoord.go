@@ -12,6 +12,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/hivegrid/hivegrid/sdks/go/gen/hivegrid/v1"
@@ -27,15 +29,16 @@ type Coordinator struct {
 	sessions chan *Session
 }
 
-// Start serves a fake coordinator on 127.0.0.1 until the test ends.
-func Start(t testing.TB) *Coordinator {
+// Start serves a fake coordinator on 127.0.0.1 until the test ends; opts configure the gRPC
+// server (grpc.Creds for TLS, say).
+func Start(t testing.TB, opts ...grpc.ServerOption) *Coordinator {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	c := &Coordinator{Addr: lis.Addr().String(), sessions: make(chan *Session, 16)}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	pb.RegisterWorkerServiceServer(srv, c)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
@@ -62,7 +65,11 @@ type op struct {
 // Session is one worker stream.
 type Session struct {
 	// Hello is the stream's first message (nil if the first message was something else).
-	Hello   *pb.Hello
+	Hello *pb.Hello
+	// Metadata is what the worker sent with the stream (its headers).
+	Metadata metadata.MD
+	// Peer is the worker's end of the connection (its TLS state, when TLS is on).
+	Peer    *peer.Peer
 	in      chan *pb.ConnectRequest
 	recvErr error // set before in is closed
 	ops     chan op
@@ -74,7 +81,10 @@ func (c *Coordinator) Connect(stream pb.WorkerService_ConnectServer) error {
 	if err != nil {
 		return err
 	}
-	s := &Session{Hello: first.GetHello(), in: make(chan *pb.ConnectRequest, 4096), ops: make(chan op, 256)}
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	p, _ := peer.FromContext(stream.Context())
+	s := &Session{Hello: first.GetHello(), Metadata: md, Peer: p,
+		in: make(chan *pb.ConnectRequest, 4096), ops: make(chan op, 256)}
 	c.sessions <- s
 	go func() {
 		for {
@@ -109,8 +119,8 @@ func (s *Session) Send(m *pb.ConnectResponse) { s.ops <- op{msg: m} }
 // Hello.held kept, as a coordinator whose leases all survived would answer.
 func (s *Session) Welcome(w *pb.Welcome) {
 	if w == nil {
-		w = &pb.Welcome{SessionId: "s1", ProtocolVersion: 2, HeartbeatIntervalS: 30, SessionTimeoutS: 90,
-			Held: s.Hello.GetHeld()}
+		w = &pb.Welcome{SessionId: "s1", ProtocolVersion: uint32(pb.ProtocolConstant_PROTOCOL_CONSTANT_VERSION),
+			HeartbeatIntervalS: 30, SessionTimeoutS: 90, Held: s.Hello.GetHeld()}
 	}
 	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Welcome{Welcome: w}})
 }
@@ -122,7 +132,7 @@ func (s *Session) Refuse(reason string) {
 }
 
 // Push sends p: everything the coordinator has for the worker at once. The worker handles
-// its acks, then its cancels, then its assignments.
+// its acks, then its assignments, then its cancels.
 func (s *Session) Push(p *pb.Push) {
 	s.Send(&pb.ConnectResponse{Msg: &pb.ConnectResponse_Push{Push: p}})
 }
