@@ -1,6 +1,6 @@
-// Regenerates src/gen/ from protos/hivegrid/v1/worker.proto (and graph.proto, which it imports)
-// with ts-proto: `npm run gen`. The worker SDK needs only the worker protocol; run.proto (the
-// client API) and storage.proto (coordinator-internal) are left out. The output depends only on
+// Regenerates src/gen/ from protos/hivegrid/v1/worker.proto and run.proto (and graph.proto, which
+// they import) with ts-proto: `npm run gen`. The worker SDK speaks the worker protocol, the Client
+// the RunService; storage.proto (coordinator-internal) is left out. The output depends only on
 // the pinned ts-proto and the grpc_tools protoc of the repository's venv, so CI can regenerate
 // and diff to catch drift. PY overrides the Python that runs grpc_tools.protoc.
 import { spawnSync } from "node:child_process";
@@ -25,7 +25,7 @@ const options = [
   "fileSuffix=",
 ].join(",");
 
-const protos = ["hivegrid/v1/worker.proto"];
+const protos = ["hivegrid/v1/worker.proto", "hivegrid/v1/run.proto"];
 
 // Generate aside and swap in only on success, so a failed run leaves the old output intact.
 const staging = mkdtempSync(join(pkg, ".gen-"));

@@ -30,3 +30,39 @@ export class RefusedError extends Error {
     this.name = "RefusedError";
   }
 }
+
+/**
+ * A drain did not finish within `WorkerOptions.drainTimeoutMs`: the agents still running were
+ * cancelled and results not yet acked were given up. `Worker.run` rejects with this.
+ */
+export class DrainTimeoutError extends Error {
+  constructor(
+    readonly timeoutMs: number,
+    /** Assignments still running or queued, and results not yet acked, when the time ran out. */
+    readonly unfinished: number,
+  ) {
+    super(`the drain did not finish within ${timeoutMs} ms (${unfinished} assignment(s) unfinished or unacked)`);
+    this.name = "DrainTimeoutError";
+  }
+}
+
+/** A coordinator call failed. `code` is the gRPC status name: "NOT_FOUND", "INVALID_ARGUMENT", ... */
+export class RpcError extends Error {
+  constructor(
+    readonly code: string,
+    /** The coordinator's own words. */
+    readonly details: string,
+    what: string,
+  ) {
+    super(`${what}: ${code}: ${details}`);
+    this.name = "RpcError";
+  }
+}
+
+/** `Client.wait` gave up: the run had not ended within its `timeoutMs`. */
+export class TimeoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TimeoutError";
+  }
+}

@@ -133,7 +133,7 @@ export class MutationBuilder {
   }
 }
 
-function nodeSpec(init: NodeSpecInit): NodeSpec {
+export function nodeSpec(init: NodeSpecInit): NodeSpec {
   return {
     id: init.id,
     agent: init.agent,
@@ -175,9 +175,9 @@ const KINDS = [
   "discard_speculative",
 ] as const;
 
-type Obj = Record<string, unknown>;
+export type Obj = Record<string, unknown>;
 
-function object(value: unknown, path: string, allowed: readonly string[]): Obj {
+export function object(value: unknown, path: string, allowed: readonly string[]): Obj {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new TypeError(`${path}: expected an object`);
   }
@@ -189,7 +189,7 @@ function object(value: unknown, path: string, allowed: readonly string[]): Obj {
   return value as Obj;
 }
 
-function str(o: Obj, key: string, path: string, required = true): string {
+export function str(o: Obj, key: string, path: string, required = true): string {
   const v = o[key];
   if (v === undefined && !required) return "";
   if (typeof v !== "string") throw new TypeError(`${path}.${key}: expected a string`);
@@ -205,7 +205,7 @@ function num(o: Obj, key: string, path: string): number | undefined {
   return v;
 }
 
-function int(o: Obj, key: string, path: string): number | undefined {
+export function int(o: Obj, key: string, path: string): number | undefined {
   const v = num(o, key, path);
   if (v !== undefined && !Number.isInteger(v)) {
     throw new TypeError(`${path}.${key}: expected an integer`);
@@ -267,7 +267,7 @@ const NODE_FIELDS = [
   "run_on_failure",
 ] as const;
 
-function nodeFromJson(value: unknown, path: string): NodeSpec {
+export function nodeFromJson(value: unknown, path: string): NodeSpec {
   const o = object(value, path, NODE_FIELDS);
   return nodeSpec({
     id: str(o, "id", path, false),

@@ -6,7 +6,7 @@
 // of its own attempt.
 
 import type { AssignmentRef, ConnectRequest } from "./gen/hivegrid/v1/worker";
-import { Outcome, Progress, Result } from "./gen/hivegrid/v1/worker";
+import { Outcome, Progress, ProtocolConstant, Result } from "./gen/hivegrid/v1/worker";
 
 /** A Result without its ref: what an attempt came to. */
 export type Answer = Omit<Result, "ref">;
@@ -18,7 +18,7 @@ export interface BatchLimits {
   maxMessageBytes: number;
 }
 
-const DEFAULT_MAX_BATCH = 100;
+const DEFAULT_MAX_BATCH: number = ProtocolConstant.PROTOCOL_CONSTANT_MAX_BATCH;
 const DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 // Room for the message envelope and each item's tag and length prefix.
 const ENVELOPE_BYTES = 1024;

@@ -15,12 +15,13 @@ import {
   type ChannelCredentials,
   type ChannelOptions,
   type ClientDuplexStream,
-  credentials as grpcCredentials,
   status as grpcStatus,
+  type Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
+import { authMetadata, channelCredentials, type TlsOptions } from "./connection";
 import type { Agent, NodeContext } from "./context";
-import { CancelledError, NonRetryableError, RefusedError } from "./errors";
+import { CancelledError, DrainTimeoutError, NonRetryableError, RefusedError } from "./errors";
 import {
   type Ack,
   AckStatus,
@@ -29,6 +30,7 @@ import {
   type ConnectRequest,
   type ConnectResponse,
   Outcome,
+  ProtocolConstant,
   type Push,
   type Welcome,
   WorkerServiceClient,
@@ -38,7 +40,8 @@ import { MutationBuilder } from "./mutations";
 import { type Answer, cancelled, failed, Outbox, refKey } from "./outbox";
 
 export const SDK_VERSION = "0.1.0";
-export const PROTOCOL_VERSION = 2;
+/** The worker protocol version this SDK speaks (ProtocolConstant in worker.proto). */
+export const PROTOCOL_VERSION: number = ProtocolConstant.PROTOCOL_CONSTANT_VERSION;
 
 export interface Logger {
   info(message: string): void;
@@ -48,7 +51,7 @@ export interface Logger {
 export interface WorkerOptions {
   /** Stable name shown to operators; need not be unique. */
   name: string;
-  /** Assignments run at once (default 1). */
+  /** Assignments run at once (default 4, PROTOCOL_CONSTANT_DEFAULT_SLOTS). */
   slots?: number;
   /** Labels that nodes may require (NodeSpec.labels). */
   labels?: Readonly<Record<string, string>>;
@@ -58,15 +61,31 @@ export interface WorkerOptions {
   reconnect?: { initialMs?: number; maxMs?: number };
   /**
    * How long a cancelled agent may ignore its signal before the worker answers CANCELLED on its
-   * behalf and frees the slot (its eventual outcome is then dropped). Default 10 000 ms.
+   * behalf and frees the slot (its eventual outcome is then dropped). Default 5 000 ms
+   * (PROTOCOL_CONSTANT_CANCEL_GRACE_MS).
    */
   cancelGraceMs?: number;
+  /**
+   * How long to wait for the Welcome after the Hello before dropping the stream and reconnecting.
+   * Default 10 000 ms (PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS).
+   */
+  welcomeTimeoutMs?: number;
+  /**
+   * Bounds a drain: if what the worker holds is not finished, delivered and acked this long after
+   * the drain began, the running agents are cancelled and `run()` rejects with DrainTimeoutError.
+   * 0 or absent (the default): wait as long as it takes.
+   */
+  drainTimeoutMs?: number;
+  /** TLS to the coordinator (default: plaintext). */
+  tls?: TlsOptions;
+  /** Sent as `authorization: Bearer <token>` metadata on the stream. */
+  token?: string;
   /** Extra gRPC channel options. */
   channelOptions?: ChannelOptions;
 }
 
 export interface RunOptions {
-  /** Default: insecure (plaintext) credentials. */
+  /** Channel credentials built by hand; default: from WorkerOptions.tls, else plaintext. */
   credentials?: ChannelCredentials;
 }
 
@@ -93,6 +112,7 @@ interface Session {
   lastReceivedMs: number;
   heartbeatTimer?: NodeJS.Timeout;
   closeTimer?: NodeJS.Timeout;
+  welcomeTimer?: NodeJS.Timeout;
   end(reason: string, refusal?: string): void;
 }
 
@@ -114,7 +134,13 @@ interface Task {
   graceTimer?: NodeJS.Timeout;
 }
 
+// Not part of the protocol: how long this SDK waits for the coordinator to close a drained stream.
 const HALF_CLOSE_TIMEOUT_MS = 10_000;
+
+function positive(value: number, name: string): number {
+  if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a number > 0, got ${value}`);
+  return value;
+}
 
 const stderrLogger: Logger = {
   info: () => {},
@@ -135,6 +161,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
   readonly #reconnectInitialMs: number;
   readonly #reconnectMaxMs: number;
   readonly #cancelGraceMs: number;
+  readonly #welcomeTimeoutMs: number;
+  readonly #drainTimeoutMs: number;
+  readonly #tls?: TlsOptions;
+  readonly #metadata: Metadata;
   readonly #channelOptions: ChannelOptions;
 
   /** Queued and running assignments, in arrival order. */
@@ -144,22 +174,46 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   #session?: Session;
   #draining = false;
+  #drainTimer?: NodeJS.Timeout;
+  #drainError?: DrainTimeoutError;
   #stopped = false;
   #runPromise?: Promise<void>;
   #wake?: () => void;
 
   constructor(options: WorkerOptions) {
     super();
-    const slots = options.slots ?? 1;
+    const slots = options.slots ?? ProtocolConstant.PROTOCOL_CONSTANT_DEFAULT_SLOTS;
     if (!Number.isInteger(slots) || slots < 1) throw new RangeError(`slots must be an integer >= 1, got ${slots}`);
     this.name = options.name;
     this.slots = slots;
     this.labels = { ...options.labels };
     this.#log = options.logger ?? stderrLogger;
     this.#outbox = new Outbox((message) => this.#log.warn(message));
-    this.#reconnectInitialMs = options.reconnect?.initialMs ?? 50;
-    this.#reconnectMaxMs = options.reconnect?.maxMs ?? 1000;
-    this.#cancelGraceMs = options.cancelGraceMs ?? 10_000;
+    this.#reconnectInitialMs = positive(
+      options.reconnect?.initialMs ?? ProtocolConstant.PROTOCOL_CONSTANT_RECONNECT_FIRST_MS,
+      "reconnect.initialMs",
+    );
+    this.#reconnectMaxMs = positive(
+      options.reconnect?.maxMs ?? ProtocolConstant.PROTOCOL_CONSTANT_RECONNECT_MAX_MS,
+      "reconnect.maxMs",
+    );
+    this.#cancelGraceMs = positive(
+      options.cancelGraceMs ?? ProtocolConstant.PROTOCOL_CONSTANT_CANCEL_GRACE_MS,
+      "cancelGraceMs",
+    );
+    this.#welcomeTimeoutMs = positive(
+      options.welcomeTimeoutMs ?? ProtocolConstant.PROTOCOL_CONSTANT_WELCOME_TIMEOUT_MS,
+      "welcomeTimeoutMs",
+    );
+    const drainTimeoutMs = options.drainTimeoutMs ?? 0;
+    if (!Number.isFinite(drainTimeoutMs) || drainTimeoutMs < 0) {
+      throw new RangeError(`drainTimeoutMs must be a number >= 0 (0: no limit), got ${drainTimeoutMs}`);
+    }
+    this.#drainTimeoutMs = drainTimeoutMs;
+    this.#tls = options.tls;
+    // Built here so that a bad token or an unreadable certificate fails at construction.
+    this.#metadata = authMetadata(options.token);
+    if (this.#tls) channelCredentials(this.#tls);
     this.#channelOptions = options.channelOptions ?? {};
   }
 
@@ -178,7 +232,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
   run(address: string, options: RunOptions = {}): Promise<void> {
     if (this.#runPromise) throw new Error("run() was already called on this worker");
     if (this.#agents.size === 0) throw new Error("register at least one agent before run()");
-    this.#runPromise = this.#serve(address, options.credentials ?? grpcCredentials.createInsecure());
+    if (options.credentials && this.#tls) {
+      throw new Error("give either WorkerOptions.tls or RunOptions.credentials, not both");
+    }
+    const credentials = options.credentials ?? channelCredentials(this.#tls);
+    this.#runPromise = this.#serve(address, credentials).finally(() => clearTimeout(this.#drainTimer));
     return this.#runPromise;
   }
 
@@ -190,6 +248,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (!this.#draining) {
       this.#draining = true;
       this.#log.info("draining");
+      if (this.#drainTimeoutMs > 0 && this.#runPromise) {
+        this.#drainTimer = setTimeout(() => this.#expireDrain(), this.#drainTimeoutMs);
+      }
       const session = this.#session;
       if (session?.welcome) this.#sendDrain(session);
       this.#maybeHalfClose();
@@ -200,11 +261,25 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /** Stops at once: aborts running agents and closes the stream; unacked results are lost. */
   stop(): Promise<void> {
-    this.#stopped = true;
-    for (const task of this.#tasks.values()) task.controller.abort(new CancelledError("worker_stopped"));
-    this.#session?.end("worker stopped");
-    this.#wake?.();
+    this.#abandon("worker_stopped", "worker stopped");
     return this.#settled();
+  }
+
+  #abandon(cancelReason: string, sessionReason: string): void {
+    this.#stopped = true;
+    for (const task of this.#tasks.values()) task.controller.abort(new CancelledError(cancelReason));
+    this.#session?.end(sessionReason);
+    this.#wake?.();
+  }
+
+  #expireDrain(): void {
+    if (this.#stopped) return;
+    const unfinished = this.#tasks.size + this.#outbox.unacked;
+    this.#log.warn(
+      `the drain did not finish within ${this.#drainTimeoutMs} ms: cancelling ${this.#tasks.size} agent(s)`,
+    );
+    this.#drainError = new DrainTimeoutError(this.#drainTimeoutMs, unfinished);
+    this.#abandon("drain_timeout", "the drain timed out");
   }
 
   #settled(): Promise<void> {
@@ -221,10 +296,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   async #serve(address: string, credentials: ChannelCredentials): Promise<void> {
     let delayMs = this.#reconnectInitialMs;
     for (;;) {
+      if (this.#drainError) throw this.#drainError;
       if (this.#stopped || (this.#draining && this.#idle())) return;
       const end = await this.#runSession(address, credentials);
       this.emit("disconnected", end.reason);
       if (end.refusal !== undefined) throw new RefusedError(end.refusal);
+      if (this.#drainError) throw this.#drainError;
       if (this.#stopped || (this.#draining && this.#idle())) return;
       if (end.welcomed) delayMs = this.#reconnectInitialMs;
       const waitMs = Math.round(delayMs / 2 + (Math.random() * delayMs) / 2);
@@ -249,7 +326,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "grpc.max_receive_message_length": -1,
         ...this.#channelOptions,
       });
-      const call = client.connect();
+      const call = client.connect(this.#metadata.clone());
       const now = performance.now();
       const session: Session = {
         call,
@@ -265,6 +342,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           session.closed = true;
           clearTimeout(session.heartbeatTimer);
           clearTimeout(session.closeTimer);
+          clearTimeout(session.welcomeTimer);
           if (this.#session === session) this.#session = undefined;
           call.cancel();
           client.close();
@@ -277,6 +355,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
         session.end(`${grpcStatus[error.code] ?? error.code}: ${error.details || error.message}`);
       });
       call.on("end", () => session.end("the coordinator closed the stream"));
+      // A coordinator replaying its log answers the Hello only once it is done; past this, the
+      // stream (or the connection under it) is presumed dead.
+      session.welcomeTimer = setTimeout(
+        () => session.end(`no Welcome within ${this.#welcomeTimeoutMs} ms`),
+        this.#welcomeTimeoutMs,
+      );
       const held = [...[...this.#tasks.values()].map((t) => t.ref), ...this.#outbox.heldRefs()];
       this.#write(session, {
         msg: {
@@ -320,13 +404,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  // Acks first, then cancels, then assignments, as the protocol orders them.
+  // Acks first, then assignments, then cancels, as the protocol orders them: a cancel may name an
+  // attempt assigned in this very Push. Queued tasks start only after the cancels, so such an
+  // attempt is answered CANCELLED without ever running.
   #onPush(push: Push): void {
     for (const ack of push.acks) this.#onAck(ack);
+    for (const assignment of push.assignments) this.#onAssignment(assignment);
     for (const cancel of push.cancels) {
       if (cancel.ref) this.#onCancel(cancel.ref, cancel.reason);
     }
-    for (const assignment of push.assignments) this.#onAssignment(assignment);
     this.#startQueued();
     this.#maybeHalfClose();
   }
@@ -334,14 +420,22 @@ export class Worker extends EventEmitter<WorkerEvents> {
   #onWelcome(session: Session, welcome: Welcome): void {
     if (session.welcome) return;
     session.welcome = welcome;
+    clearTimeout(session.welcomeTimer);
     if (welcome.protocolVersion !== 0 && welcome.protocolVersion !== PROTOCOL_VERSION) {
       this.#log.warn(`the coordinator speaks protocol ${welcome.protocolVersion}, this SDK ${PROTOCOL_VERSION}`);
     }
-    // Attempts still running from before the reconnect that the coordinator did not keep are
-    // stale: stop them so that they free their slots.
+    // Attempts from before the reconnect that the coordinator did not keep are stale. Running
+    // ones are cancelled so that they free their slots (their answer is acked STALE); queued
+    // ones never started and are owed no answer, so they are dropped.
     const kept = new Set(welcome.held.map(refKey));
     for (const task of [...this.#tasks.values()]) {
-      if (!kept.has(task.key)) this.#onCancel(task.ref, "stale after reconnect");
+      if (kept.has(task.key)) continue;
+      if (task.running) {
+        this.#onCancel(task.ref, "stale after reconnect");
+      } else {
+        task.done = true;
+        this.#tasks.delete(task.key);
+      }
     }
     this.#outbox.resendAll();
     this.emit("connected", welcome.sessionId);

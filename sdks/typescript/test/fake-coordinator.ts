@@ -1,7 +1,7 @@
 // An in-process coordinator for tests: a real gRPC server on loopback whose WorkerService hands
 // each stream to the test, which scripts the coordinator's side message by message.
 
-import { Server, ServerCredentials, type ServerDuplexStream, status } from "@grpc/grpc-js";
+import { type Metadata, Server, ServerCredentials, type ServerDuplexStream, status } from "@grpc/grpc-js";
 import {
   type Ack,
   AckStatus,
@@ -75,7 +75,11 @@ export class FakeSession {
   readonly done: Promise<void>;
   #ended = false;
 
+  /** The stream's request metadata (where `authorization` arrives). */
+  readonly metadata: Metadata;
+
   constructor(readonly call: ServerDuplexStream<ConnectRequest, ConnectResponse>) {
+    this.metadata = call.metadata;
     this.halfClosed = new Promise((resolve) => call.on("end", () => resolve()));
     this.done = new Promise((resolve) => {
       call.on("finish", () => resolve());
@@ -125,7 +129,7 @@ export class FakeSession {
     });
   }
 
-  /** One Push: the worker handles its acks, then its cancels, then its assignments. */
+  /** One Push: the worker handles its acks, then its assignments, then its cancels. */
   push({ acks = [], cancels = [], assignments = [] }: Partial<Push>): void {
     this.send({ msg: { $case: "push", push: { acks, cancels, assignments } } });
   }
@@ -163,7 +167,8 @@ export class FakeCoordinator {
   #all: FakeSession[] = [];
   port = 0;
 
-  async start(): Promise<string> {
+  /** Serves on loopback; plaintext unless `credentials` say otherwise (TLS tests). */
+  async start(credentials: ServerCredentials = ServerCredentials.createInsecure()): Promise<string> {
     this.#server.addService(WorkerServiceService, {
       connect: (call: ServerDuplexStream<ConnectRequest, ConnectResponse>) => {
         const session = new FakeSession(call);
@@ -172,9 +177,7 @@ export class FakeCoordinator {
       },
     });
     this.port = await new Promise<number>((resolve, reject) => {
-      this.#server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (error, port) =>
-        error ? reject(error) : resolve(port),
-      );
+      this.#server.bindAsync("127.0.0.1:0", credentials, (error, port) => (error ? reject(error) : resolve(port)));
     });
     return this.address;
   }

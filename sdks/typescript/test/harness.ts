@@ -2,8 +2,9 @@
 
 import assert from "node:assert/strict";
 import { once } from "node:events";
+import type { ServerCredentials } from "@grpc/grpc-js";
 import type { Result } from "../src/gen/hivegrid/v1/worker";
-import { type Agent, decodeJson, Worker } from "../src/index";
+import { type Agent, decodeJson, Worker, type WorkerOptions } from "../src/index";
 import { FakeCoordinator, type FakeSession, within } from "./fake-coordinator";
 
 export const quiet = { info: () => {}, warn: () => {} };
@@ -30,10 +31,18 @@ export interface Harness {
 
 export async function start(
   agents: Readonly<Record<string, Agent>>,
-  options: { slots?: number; welcome?: Parameters<FakeSession["welcome"]>[0]; cancelGraceMs?: number } = {},
+  options: {
+    slots?: number;
+    welcome?: Parameters<FakeSession["welcome"]>[0];
+    cancelGraceMs?: number;
+    /** Further worker options (TLS, token, timeouts). */
+    worker?: Partial<WorkerOptions>;
+    /** The fake coordinator's server credentials (default plaintext). */
+    server?: ServerCredentials;
+  } = {},
 ): Promise<Harness> {
   const coordinator = new FakeCoordinator();
-  const address = await coordinator.start();
+  const address = await coordinator.start(options.server);
   after(() => coordinator.stop());
   const worker = new Worker({
     name: "test-worker",
@@ -42,6 +51,7 @@ export async function start(
     logger: quiet,
     reconnect: { initialMs: 10, maxMs: 50 },
     cancelGraceMs: options.cancelGraceMs,
+    ...options.worker,
   });
   for (const [name, agent] of Object.entries(agents)) worker.register(name, agent);
   const run = worker.run(address);

@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
 import { afterEach, describe, test } from "node:test";
-import { AckStatus, Outcome, type Result } from "../src/gen/hivegrid/v1/worker";
-import { CancelledError, decodeJson, type NodeContext, NonRetryableError, RefusedError, Worker } from "../src/index";
+import { AckStatus, Outcome, ProtocolConstant, type Result } from "../src/gen/hivegrid/v1/worker";
+import {
+  CancelledError,
+  DrainTimeoutError,
+  decodeJson,
+  type NodeContext,
+  NonRetryableError,
+  PROTOCOL_VERSION,
+  RefusedError,
+  Worker,
+} from "../src/index";
 import { ackOf, assignment, deferred, FakeCoordinator, within } from "./fake-coordinator";
 import { after, closeAll, json, quiet, results, start } from "./harness";
 
@@ -22,6 +31,59 @@ describe("session", () => {
     assert.equal(hello.slots, 3);
     assert.deepEqual(hello.held, []);
     assert.equal(worker.slots, 3);
+  });
+
+  test("defaults come from the proto's ProtocolConstant; a second registration of a name throws", T, async () => {
+    assert.equal(PROTOCOL_VERSION, ProtocolConstant.PROTOCOL_CONSTANT_VERSION);
+    const coordinator = new FakeCoordinator();
+    const address = await coordinator.start();
+    after(() => coordinator.stop());
+    const worker = new Worker({ name: "defaults", logger: quiet });
+    assert.equal(worker.slots, ProtocolConstant.PROTOCOL_CONSTANT_DEFAULT_SLOTS);
+    worker.register("echo", async (node) => node.input);
+    assert.throws(() => worker.register("echo", async () => null), /^Error: agent "echo" is already registered$/);
+    void worker.run(address).catch(() => {});
+    after(() => within(worker.stop(), 5000, "stop"));
+    const { hello } = await coordinator.accept();
+    assert.equal(hello.slots, 4);
+    assert.equal(hello.protocolVersion, 2);
+  });
+
+  test("bad options fail at construction, naming the option", T, () => {
+    assert.throws(() => new Worker({ name: "w", slots: 0 }), /slots must be an integer >= 1/);
+    assert.throws(() => new Worker({ name: "w", cancelGraceMs: -1 }), /cancelGraceMs must be a number > 0/);
+    assert.throws(() => new Worker({ name: "w", welcomeTimeoutMs: 0 }), /welcomeTimeoutMs must be a number > 0/);
+    assert.throws(() => new Worker({ name: "w", drainTimeoutMs: -5 }), /drainTimeoutMs must be a number >= 0/);
+    assert.throws(() => new Worker({ name: "w", token: "a\nb" }), /token must be a non-empty string/);
+    assert.throws(() => new Worker({ name: "w", tls: { cert: Buffer.from("x") } }), /tls.cert and tls.key go together/);
+    assert.throws(() => new Worker({ name: "w", tls: { ca: "/nonexistent/ca.pem" } }), /tls.ca: cannot read/);
+  });
+
+  test("no Welcome within welcomeTimeoutMs: the stream is dropped and the same Hello sent again", T, async () => {
+    const coordinator = new FakeCoordinator();
+    const address = await coordinator.start();
+    after(() => coordinator.stop());
+    const worker = new Worker({
+      name: "w",
+      logger: quiet,
+      welcomeTimeoutMs: 50,
+      reconnect: { initialMs: 5, maxMs: 5 },
+    });
+    worker.register("echo", async (node) => node.input);
+    const disconnected = once(worker, "disconnected");
+    void worker.run(address).catch(() => {});
+    after(() => within(worker.stop(), 5000, "stop"));
+    const first = await coordinator.accept();
+    // The fake stays silent on the first stream.
+    const [reason] = await within(disconnected, 5000, "disconnected");
+    assert.equal(reason, "no Welcome within 50 ms");
+    await within(first.session.done, 5000, "the first stream to end");
+    const { session, hello } = await coordinator.accept();
+    assert.deepEqual(hello, first.hello);
+    session.welcome({ sessionId: "late" });
+    session.assign(assignment("echo", "ok"));
+    const [r] = await results(session, 1);
+    assert.equal(json(r!), "ok");
   });
 
   test("a refusal rejects run() with RefusedError and does not reconnect", T, async () => {
@@ -232,7 +294,35 @@ describe("assignments", () => {
     assert.deepEqual(ran, [first.ref!.nodeId]);
   });
 
-  test("one Push is handled acks first, then cancels, then assignments", T, async () => {
+  test("a Cancel in the same Push as its Assignment cancels it and frees the slot", T, async () => {
+    let started = 0;
+    const { session } = await start(
+      {
+        // Runs until aborted: only a cancel that finds the attempt can end it.
+        long: async (node) => {
+          started++;
+          await new Promise((_, reject) => node.signal.addEventListener("abort", () => reject(node.signal.reason)));
+        },
+        echo: async (node) => node.input,
+      },
+      { slots: 1 },
+    );
+    const a = assignment("long");
+    session.push({ assignments: [a], cancels: [{ ref: a.ref, reason: "pruned" }] });
+    const [r] = await results(session, 1);
+    assert.deepEqual(r?.ref, a.ref);
+    assert.equal(r?.outcome, Outcome.OUTCOME_CANCELLED);
+    assert.equal(r?.error?.kind, "cancelled");
+    // The only slot is free again.
+    const next = assignment("echo", "after");
+    session.assign(next);
+    const [n] = await results(session, 1);
+    assert.deepEqual(n?.ref, next.ref);
+    assert.equal(json(n!), "after");
+    assert.equal(started, 0, "an attempt cancelled in the Push that assigned it never starts");
+  });
+
+  test("one Push is handled acks first, then assignments, then cancels", T, async () => {
     const events: string[] = [];
     const running = deferred();
     const { session, worker } = await start(
@@ -380,6 +470,72 @@ describe("reconnect and drain", () => {
     second.ack([slow.ref!], AckStatus.ACK_STATUS_STALE);
   });
 
+  test(
+    "Welcome.held: kept attempts go on; a stale running one is cancelled, stale queued ones dropped",
+    T,
+    async () => {
+      const gates = new Map<string, ReturnType<typeof deferred<void>>>();
+      const started: string[] = [];
+      const aborted: string[] = [];
+      const startedEvent = new EventEmitter();
+      const startedCount = (n: number) =>
+        within(
+          new Promise<void>((resolve) => {
+            const check = () => {
+              if (started.length < n) return;
+              startedEvent.off("started", check);
+              resolve();
+            };
+            startedEvent.on("started", check);
+            check();
+          }),
+          5000,
+          `${n} agents to start`,
+        );
+      const { coordinator, session } = await start(
+        {
+          block: async (node) => {
+            started.push(node.nodeId);
+            node.signal.addEventListener("abort", () => aborted.push(`${node.nodeId}: ${node.signal.reason.reason}`));
+            const gate = deferred();
+            gates.set(node.nodeId, gate);
+            startedEvent.emit("started");
+            await Promise.race([
+              gate.promise,
+              new Promise((_, reject) => node.signal.addEventListener("abort", () => reject(node.signal.reason))),
+            ]);
+            return node.nodeId;
+          },
+        },
+        { slots: 2 },
+      );
+      const [kept, stale, queuedKept, queuedStale] = [1, 2, 3, 4].map(() => assignment("block"));
+      session.assign(kept!, stale!, queuedKept!, queuedStale!);
+      await startedCount(2);
+      assert.deepEqual(started, [kept!.ref!.nodeId, stale!.ref!.nodeId]);
+      session.fail();
+      const { session: second, hello } = await coordinator.accept();
+      assert.equal(hello.held.length, 4);
+      second.welcome({ sessionId: "s-2", held: [kept!.ref!, queuedKept!.ref!] });
+      // The stale running attempt is stopped and answered (the coordinator will ack it STALE).
+      const [r1] = await results(second, 1);
+      assert.deepEqual(r1?.ref, stale!.ref);
+      assert.equal(r1?.outcome, Outcome.OUTCOME_CANCELLED);
+      assert.deepEqual(aborted, [`${stale!.ref!.nodeId}: stale after reconnect`]);
+      second.ack([stale!.ref!], AckStatus.ACK_STATUS_STALE);
+      // Its slot went to the kept queued attempt, never to the stale queued one.
+      await startedCount(3);
+      assert.deepEqual(started.slice(2), [queuedKept!.ref!.nodeId]);
+      gates.get(kept!.ref!.nodeId)!.resolve();
+      gates.get(queuedKept!.ref!.nodeId)!.resolve();
+      const got = await results(second, 2);
+      assert.deepEqual(got.map((r) => json(r)).sort(), [kept!.ref!.nodeId, queuedKept!.ref!.nodeId].sort());
+      second.ack(got.map((r) => r.ref!));
+      assert.equal(started.length, 3, "the stale queued attempt never ran");
+      assert.equal(second.received.pending, 0, "and it was not answered");
+    },
+  );
+
   test("a stream that fails before its Welcome is retried with the same Hello", T, async () => {
     const coordinator = new FakeCoordinator();
     const address = await coordinator.start();
@@ -434,6 +590,42 @@ describe("reconnect and drain", () => {
     await within(drained, 5000, "drain()");
     await within(run, 5000, "run()");
   });
+
+  test(
+    "drainTimeoutMs: an unfinished drain cancels the agents and run() rejects with DrainTimeoutError",
+    T,
+    async () => {
+      const running = deferred();
+      let reason: unknown;
+      const { session, worker, run } = await start(
+        {
+          hang: async (node) => {
+            running.resolve();
+            await new Promise((_, reject) =>
+              node.signal.addEventListener("abort", () => {
+                reason = node.signal.reason;
+                reject(node.signal.reason);
+              }),
+            );
+          },
+        },
+        { worker: { drainTimeoutMs: 50 } },
+      );
+      session.assign(assignment("hang"));
+      await within(running.promise, 5000, "agent start");
+      const drained = worker.drain();
+      await session.expect("drain");
+      await assert.rejects(within(run, 5000, "run() to reject"), (error: unknown) => {
+        assert.ok(error instanceof DrainTimeoutError);
+        assert.equal(error.unfinished, 1);
+        assert.match(error.message, /did not finish within 50 ms/);
+        return true;
+      });
+      await within(drained, 5000, "drain()");
+      assert.ok(reason instanceof CancelledError);
+      assert.equal(reason.reason, "drain_timeout");
+    },
+  );
 
   test("a DrainRequest from the coordinator drains the worker", T, async () => {
     const { session, run } = await start({ echo: async () => null });
