@@ -1,7 +1,8 @@
 """The workloads on Hivegrid: a coordinator process, worker processes, and a gRPC client.
 
-Timing: t0 is taken on the client just before SubmitRun; the end is the run's `ended_at` from the
-coordinator (same machine, same wall clock). The client notices the end by polling ListRuns
+Timing: t0 is taken on the client just before SubmitRun (the graph is built before); the end is
+the run's `ended_at` from the coordinator (same machine, same wall clock). The client
+(hivegrid.client) notices the end by polling ListRuns
 (cheap: counts are kept incrementally), not by watching every event, so that watching does not
 load the coordinator it measures; the event log is read afterwards where a figure needs it.
 """
@@ -9,6 +10,7 @@ load the coordinator it measures; the event log is read afterwards where a figur
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from collections import Counter
@@ -16,99 +18,62 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from hivegrid.v1 import graph_pb2 as gpb
-from hivegrid.v1 import run_pb2 as rpb
-from hivegrid.v1 import run_pb2_grpc
-from hivegrid.v1 import worker_pb2 as wpb
+from hivegrid.client import Client, Graph, NodeState, RunState, RunSummary
 
 from . import agents
 from .procs import CoordinatorProc, WorkerProcs, free_port, peak_rss, rss
 from .stats import percentiles
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-]
 FANOUT_SLOTS = 128
+# Submitting a million nodes, or reading them back, takes a while on a loaded machine.
+_CALL_TIMEOUT_S = 600.0
 
 
 class WorkloadError(RuntimeError):
     pass
 
 
-class Client:
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address, options=_OPTIONS)
-        self.stub = run_pb2_grpc.RunServiceStub(self.channel)
+def connect(address: str) -> Client:
+    return Client(address, timeout=_CALL_TIMEOUT_S)
 
-    def close(self) -> None:
-        self.channel.close()
 
-    def submit(self, nodes: list[gpb.NodeSpec], run_id: str = "") -> str:
-        req = rpb.SubmitRunRequest(nodes=nodes, run_id=run_id, limits=gpb.RunLimits())
-        req.limits.max_nodes = max(len(nodes) * 2, 1_000_000)
-        return str(self.stub.SubmitRun(req, timeout=600).run_id)
+def run_info(client: Client, run_id: str) -> RunSummary | None:
+    """The run as ListRuns reports it (counts are kept incrementally there: cheap to poll)."""
+    for r in client.list_runs(limit=1000):
+        if r.id == run_id:
+            return r
+    return None
 
-    def run_info(self, run_id: str) -> rpb.RunInfo | None:
-        for r in self.stub.ListRuns(rpb.ListRunsRequest(limit=1000), timeout=30).runs:
-            if r.run_id == run_id:
-                return r
-        return None
 
-    def workers(self) -> int:
-        return len(self.stub.ListWorkers(rpb.ListWorkersRequest(), timeout=30).workers)
+def wait_workers(client: Client, count: int, timeout: float = 120.0) -> float:
+    """Waits until `count` sessions are registered; returns the time it saw them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(client.list_workers()) >= count:
+            return time.time()
+        time.sleep(0.01)
+    seen = len(client.list_workers())
+    raise WorkloadError(f"only {seen} of {count} worker streams registered")
 
-    def wait_workers(self, count: int, timeout: float = 120.0) -> float:
-        """Waits until `count` sessions are registered; returns the time it saw them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.workers() >= count:
-                return time.time()
-            time.sleep(0.01)
-        raise WorkloadError(f"only {self.workers()} of {count} worker streams registered")
 
-    def wait_end(self, run_id: str, timeout: float, poll: float = 0.02) -> rpb.RunInfo:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = self.run_info(run_id)
-            if info is not None and info.state != gpb.RUN_STATE_RUNNING:
-                return info
-            time.sleep(poll)
-        raise WorkloadError(f"run {run_id} did not end within {timeout:.0f} s")
+def wait_end(client: Client, run_id: str, timeout: float, poll: float = 0.02) -> RunSummary:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = run_info(client, run_id)
+        if info is not None and info.ended:
+            return info
+        time.sleep(poll)
+    raise WorkloadError(f"run {run_id} did not end within {timeout:.0f} s")
 
-    def wait_succeeded(self, run_id: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = self.run_info(run_id)
-            if info is not None and info.counts.succeeded >= count:
-                return
-            time.sleep(0.005)
-        raise WorkloadError(f"run {run_id} did not reach {count} completions")
 
-    def events(self, run_id: str) -> list[rpb.RunEvent]:
-        out: list[rpb.RunEvent] = []
-        for resp in self.stub.WatchRun(rpb.WatchRunRequest(run_id=run_id, from_seq=1), timeout=600):
-            out.extend(resp.events)
-        return out
-
-    def get_run(self, run_id: str, results: bool = True) -> rpb.GetRunResponse:
-        """The run with all its nodes (every page)."""
-        whole = rpb.GetRunResponse()
-        token = ""
-        while True:
-            page = self.stub.GetRun(
-                rpb.GetRunRequest(
-                    run_id=run_id, omit_results=not results, page_size=10_000, page_token=token
-                ),
-                timeout=300,
-            )
-            whole.run.CopyFrom(page.run)
-            whole.nodes.extend(page.nodes)
-            token = page.next_page_token
-            if not token:
-                return whole
+def wait_succeeded(client: Client, run_id: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = run_info(client, run_id)
+        if info is not None and info.counts[NodeState.SUCCEEDED] >= count:
+            return
+        time.sleep(0.005)
+    raise WorkloadError(f"run {run_id} did not reach {count} completions")
 
 
 class Env:
@@ -129,7 +94,7 @@ class Env:
 
     def __enter__(self) -> Env:
         self.coord.start()
-        self.client = Client(self.coord.address)
+        self.client = connect(self.coord.address)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -162,33 +127,38 @@ class Env:
         self.coord.start()
 
 
-def _noop_nodes(n: int, prefix: str = "n") -> list[gpb.NodeSpec]:
-    return [gpb.NodeSpec(id=f"{prefix}{i}", agent="noop") for i in range(n)]
+def _graph(n: int) -> Graph:
+    """Built before the clock starts: what is timed is the submission, as before."""
+    return Graph(max_nodes=max(n * 2, 1_000_000))
 
 
-def _check_all_succeeded(info: rpb.RunInfo, expected: int | None) -> None:
-    if info.state != gpb.RUN_STATE_SUCCEEDED:
-        raise WorkloadError(
-            f"run ended {gpb.RunState.Name(info.state)} (counts: {str(info.counts).strip()})"
-        )
-    c = info.counts
-    bad = c.failed + c.cancelled + c.skipped + c.pending + c.ready + c.running
-    if bad or (expected is not None and c.succeeded != expected):
-        raise WorkloadError(f"expected {expected} succeeded nodes, counts: {c}")
+def _noop_graph(n: int, prefix: str = "n") -> Graph:
+    g = _graph(n)
+    for i in range(n):
+        g.node("noop", id=f"{prefix}{i}")
+    return g
 
 
-def _measured_run(
-    env: Env, nodes: list[gpb.NodeSpec], expected: int | None, timeout: float
-) -> dict[str, Any]:
+def _check_all_succeeded(info: RunSummary, expected: int | None) -> None:
+    counts = {str(state): count for state, count in info.counts.items()}
+    if info.state != RunState.SUCCEEDED:
+        raise WorkloadError(f"run ended {info.state} (counts: {counts})")
+    bad = sum(counts[s] for s in ("failed", "cancelled", "skipped", "pending", "ready", "running"))
+    if bad or (expected is not None and counts["succeeded"] != expected):
+        raise WorkloadError(f"expected {expected} succeeded nodes, counts: {counts}")
+
+
+def _measured_run(env: Env, graph: Graph, expected: int | None, timeout: float) -> dict[str, Any]:
     assert env.client is not None
     cpu0 = env.coord.cpu()
     t0 = time.time()
-    run_id = env.client.submit(nodes)
+    run_id = env.client.submit(graph)
     submitted = time.time()
-    info = env.client.wait_end(run_id, timeout)
+    info = wait_end(env.client, run_id, timeout)
     cpu1 = env.coord.cpu()
     _check_all_succeeded(info, expected)
-    done = int(info.counts.succeeded)
+    assert info.ended_at is not None
+    done = int(info.counts[NodeState.SUCCEEDED])
     elapsed = max(info.ended_at - t0, 1e-9)
     return {
         "run_id": run_id,
@@ -207,9 +177,8 @@ def _measured_run(
 def fanout(env: Env, n: int, procs: int, timeout: float) -> dict[str, Any]:
     assert env.client is not None
     w = env.start_workers(procs)
-    env.client.wait_workers(procs)
-    nodes = _noop_nodes(n)
-    out = _measured_run(env, nodes, n, timeout)
+    wait_workers(env.client, procs)
+    out = _measured_run(env, _noop_graph(n), n, timeout)
     out["worker_impl"] = w.impl
     out["slots_per_worker"] = FANOUT_SLOTS
     return out
@@ -218,28 +187,23 @@ def fanout(env: Env, n: int, procs: int, timeout: float) -> dict[str, Any]:
 def chain(env: Env, n: int, timeout: float) -> dict[str, Any]:
     assert env.client is not None
     w = env.start_workers(1)
-    env.client.wait_workers(1)
-    nodes = [gpb.NodeSpec(id="n0", agent="stamp")]
-    nodes += [
-        gpb.NodeSpec(id=f"n{i}", agent="stamp", depends_on=[f"n{i - 1}"]) for i in range(1, n)
-    ]
-    out = _measured_run(env, nodes, n, timeout)
+    wait_workers(env.client, 1)
+    graph = _graph(n)
+    previous = graph.node("stamp", id="n0")
+    for i in range(1, n):
+        previous = graph.node("stamp", id=f"n{i}", after=previous)
+    out = _measured_run(env, graph, n, timeout)
     out["worker_impl"] = w.impl
     run = env.client.get_run(out["run_id"])
-    stamps = {}
-    import json
-
-    for node in run.nodes:
-        stamps[node.id] = json.loads(node.result)
+    stamps = {node.id: node.result for node in run.nodes}
     worker_hops = [stamps[f"n{i + 1}"]["s"] - stamps[f"n{i}"]["e"] for i in range(n - 1)]
     finished: dict[str, float] = {}
     dispatched: dict[str, float] = {}
     for ev in env.client.events(out["run_id"]):
-        kind = ev.WhichOneof("kind")
-        if kind == "attempt_finished":
-            finished[ev.attempt_finished.node_id] = ev.time
-        elif kind == "node_dispatched":
-            dispatched.setdefault(ev.node_dispatched.node_id, ev.time)
+        if ev.kind == "attempt_finished" and ev.node_id:
+            finished[ev.node_id] = ev.time
+        elif ev.kind == "node_dispatched" and ev.node_id:
+            dispatched.setdefault(ev.node_id, ev.time)
     log_hops = [dispatched[f"n{i + 1}"] - finished[f"n{i}"] for i in range(n - 1)]
     wp = percentiles(worker_hops)
     lp = percentiles(log_hops)
@@ -253,17 +217,14 @@ def chain(env: Env, n: int, timeout: float) -> dict[str, Any]:
 def dynamic(env: Env, width: int, timeout: float) -> dict[str, Any]:
     assert env.client is not None
     w = env.start_workers(1)
-    env.client.wait_workers(1)
-    root = gpb.NodeSpec(
-        id="root",
-        agent="spawn",
-        can_mutate=True,
-        input=agents.spawn_input(
-            width, child="spawn", child_input={"count": width, "child": "noop"}
-        ),
-    )
+    wait_workers(env.client, 1)
     expected = 1 + width + width * width + width + 1
-    out = _measured_run(env, [root], expected, timeout)
+    graph = _graph(expected)
+    root_input = agents.spawn_input(
+        width, child="spawn", child_input={"count": width, "child": "noop"}
+    )
+    graph.node("spawn", json.loads(root_input), id="root", can_mutate=True)
+    out = _measured_run(env, graph, expected, timeout)
     out["worker_impl"] = w.impl
     out["makespan_s"] = out["seconds"]
     return out
@@ -274,11 +235,11 @@ def streams(env: Env, n: int, total_streams: int, procs: int, timeout: float) ->
     base = rss(env.coord.pid)
     per = -(-total_streams // procs)
     w = env.start_workers(procs, streams=per, slots=1)
-    seen = env.client.wait_workers(per * procs, timeout=120)
+    seen = wait_workers(env.client, per * procs, timeout=120)
     registered_s = seen - w.first_ready_at()
     time.sleep(0.3)
     per_stream = (rss(env.coord.pid) - base) / (per * procs)
-    out = _measured_run(env, _noop_nodes(n), n, timeout)
+    out = _measured_run(env, _noop_graph(n), n, timeout)
     out.update(
         worker_impl=w.impl,
         streams=per * procs,
@@ -292,30 +253,30 @@ def streams(env: Env, n: int, total_streams: int, procs: int, timeout: float) ->
 def recovery(env: Env, n: int, timeout: float) -> dict[str, Any]:
     assert env.client is not None
     w = env.start_workers(2)
-    env.client.wait_workers(2)
+    wait_workers(env.client, 2)
+    graph = _noop_graph(n)
     t0 = time.time()
-    run_id = env.client.submit(_noop_nodes(n))
-    env.client.wait_succeeded(run_id, int(n * 0.4), timeout)
+    run_id = env.client.submit(graph)
+    wait_succeeded(env.client, run_id, int(n * 0.4), timeout)
     killed_at = time.time()
     env.restart()
-    client = env.client
-    client.close()
-    env.client = client = Client(env.coord.address)
-    info = client.wait_end(run_id, timeout)
+    env.client.close()
+    env.client = client = connect(env.coord.address)
+    info = wait_end(client, run_id, timeout)
     _check_all_succeeded(info, n)
+    assert info.ended_at is not None
     succeeded: Counter[str] = Counter()
     dispatches: Counter[str] = Counter()
     first_after = None
     lost_attempts = 0
     for ev in client.events(run_id):
-        kind = ev.WhichOneof("kind")
-        if kind == "attempt_finished" and ev.attempt_finished.outcome == wpb.OUTCOME_SUCCEEDED:
-            succeeded[ev.attempt_finished.node_id] += 1
-        elif kind == "node_dispatched":
-            dispatches[ev.node_dispatched.node_id] += 1
+        if ev.kind == "attempt_finished" and ev.outcome == "succeeded" and ev.node_id:
+            succeeded[ev.node_id] += 1
+        elif ev.kind == "node_dispatched" and ev.node_id:
+            dispatches[ev.node_id] += 1
             if first_after is None and ev.time > killed_at:
                 first_after = ev.time
-        elif kind == "attempt_lost":
+        elif ev.kind == "attempt_lost":
             lost_attempts += 1
     lost = sum(1 for i in range(n) if succeeded[f"n{i}"] == 0)
     duplicated = sum(c - 1 for c in succeeded.values() if c > 1)
@@ -341,18 +302,18 @@ def recovery(env: Env, n: int, timeout: float) -> dict[str, Any]:
 
 def size(env: Env, n: int) -> dict[str, Any]:
     assert env.client is not None
-    nodes = _noop_nodes(n)
+    graph = _noop_graph(n)
     time.sleep(0.2)
     base = rss(env.coord.pid)
     cpu0 = env.coord.cpu()
     t0 = time.time()
-    run_id = env.client.submit(nodes)
+    run_id = env.client.submit(graph)
     submit_s = time.time() - t0
-    info = env.client.run_info(run_id)
+    info = run_info(env.client, run_id)
     time.sleep(0.5)
     after = rss(env.coord.pid)
     cpu1 = env.coord.cpu()
-    if info is None or info.counts.ready + info.counts.pending != n:
+    if info is None or info.counts[NodeState.READY] + info.counts[NodeState.PENDING] != n:
         raise WorkloadError(f"the run does not hold {n} waiting nodes: {info}")
     return {
         "run_id": run_id,

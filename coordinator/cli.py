@@ -15,17 +15,26 @@ import importlib
 import json
 import os
 import sys
-import time
-import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import grpc
-
+from hivegrid.client import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    Client,
+    Event,
+    GraphFileError,
+    HivegridError,
+    InvalidGraph,
+    NodeState,
+    NotFound,
+    RunState,
+    Unavailable,
+)
 from hivegrid.coordinator import render
-from hivegrid.coordinator.graphfile import GraphFileError, load_graph_file
-from hivegrid.v1 import graph_pb2, run_pb2, run_pb2_grpc
+from hivegrid.coordinator.graphfile import load_document
 
 __all__ = ["main"]
 
@@ -35,15 +44,12 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-ADDRESS_ENV = "HIVEGRID_COORDINATOR"
 HOME_ENV = "HIVEGRID_HOME"
 
-# Unary calls answer in milliseconds; this bounds a coordinator that accepts and then hangs.
-_CALL_TIMEOUT_S = 30.0
-# How long a broken watch keeps trying to resume before giving up on the coordinator.
+# A user waiting on an unreachable coordinator wants to know soon; a watch should outlive a
+# coordinator's restart.
+_SUBMIT_RETRY_S = 10.0
 _RESUME_FOR_S = 30.0
-_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 
 class CliError(Exception):
@@ -57,144 +63,31 @@ class CliError(Exception):
 # --- the client -------------------------------------------------------------------------------
 
 
-class Client:
-    """One channel to the coordinator's RunService; turns gRPC failures into CliErrors."""
+def _cli_error(exc: HivegridError, *, refused: str | None = None) -> CliError:
+    """The CLI's line and exit code for a client error; `refused` prefixes what the
+    coordinator found invalid (exit 2)."""
+    if isinstance(exc, Unavailable):
+        return CliError(str(exc), EXIT_UNREACHABLE)
+    if isinstance(exc, GraphFileError):
+        return CliError(str(exc), EXIT_USAGE)
+    if isinstance(exc, InvalidGraph):
+        prefix = f"{refused}: " if refused else ""
+        return CliError(f"{prefix}{exc.details}", EXIT_USAGE)
+    if isinstance(exc, NotFound):
+        return CliError(exc.details, EXIT_FAILED)
+    return CliError(f"{exc.code or 'error'}: {exc.details}", EXIT_FAILED)
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.stub = run_pb2_grpc.RunServiceStub(self._channel)
 
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._channel.close()
-
-    def call(self, method: str, request: Any, *, refused: str | None = None) -> Any:
-        """Makes a unary call; `refused` prefixes an INVALID_ARGUMENT message (exit 2)."""
-        try:
-            return getattr(self.stub, method)(request, timeout=_CALL_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            raise self.translate(exc, refused=refused) from None
-
-    def translate(self, exc: grpc.RpcError, *, refused: str | None = None) -> CliError:
-        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return CliError(
-                f"cannot reach the coordinator at {self.address}: {details}", EXIT_UNREACHABLE
-            )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return CliError(
-                f"the coordinator at {self.address} did not answer in time: {details}",
-                EXIT_UNREACHABLE,
-            )
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            prefix = f"{refused}: " if refused else ""
-            return CliError(f"{prefix}{details}", EXIT_USAGE)
-        if code == grpc.StatusCode.NOT_FOUND:
-            return CliError(details, EXIT_FAILED)
-        return CliError(f"{code.name.lower()}: {details}", EXIT_FAILED)
-
-    def events(self, run_id: str, from_seq: int) -> Generator[run_pb2.RunEvent]:
-        """The run's events from `from_seq` until the server ends the stream (the run ended).
-
-        A broken stream is resumed from the last seq + 1, so callers see each event once,
-        in order. The caller may stop early: closing the generator cancels the call.
-        """
-        next_seq = max(from_seq, 1)
-        failing_since: float | None = None
-        backoff = 0.1
-        while True:
-            stream = self.stub.WatchRun(run_pb2.WatchRunRequest(run_id=run_id, from_seq=next_seq))
-            try:
-                for response in stream:
-                    failing_since = None
-                    for event in response.events:
-                        if event.seq < next_seq:
-                            continue  # a resumed stream repeating what we already have
-                        next_seq = event.seq + 1
-                        yield event
-                return
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise self.translate(exc) from None
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since > _RESUME_FOR_S:
-                    raise self.translate(exc) from None
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                stream.cancel()
-
-    def wait_for_end(
-        self,
-        run_id: str,
-        from_seq: int,
-        on_event: Callable[[run_pb2.RunEvent], None] | None = None,
-    ) -> None:
-        """Follows the run's events (no polling) until its RunEnded event."""
-        next_seq = from_seq
-        while True:
-            for event in self.events(run_id, next_seq):
-                next_seq = event.seq + 1
-                if on_event is not None:
-                    on_event(event)
-                if event.HasField("run_ended"):
-                    return
-            # The stream ended without a RunEnded event (a server shutting down cleanly):
-            # trust the run's own state, and follow again if it still runs.
-            run = self.get_run(run_id, omit_results=True).run
-            if run.state != graph_pb2.RUN_STATE_RUNNING:
-                return
-            next_seq = max(next_seq, run.last_seq + 1)
-            time.sleep(0.2)
-
-    def get_run(self, run_id: str, *, omit_results: bool = False) -> run_pb2.GetRunResponse:
-        """The run and all of its nodes (GetRun pages through them)."""
-        whole = run_pb2.GetRunResponse()
-        token = ""
-        while True:
-            page: run_pb2.GetRunResponse = self.call(
-                "GetRun",
-                run_pb2.GetRunRequest(
-                    run_id=run_id, omit_results=omit_results, page_size=10_000, page_token=token
-                ),
-            )
-            whole.run.CopyFrom(page.run)
-            whole.nodes.extend(page.nodes)
-            token = page.next_page_token
-            if not token:
-                return whole
-
-    def submit(self, request: run_pb2.SubmitRunRequest) -> str:
-        """Submits a run. Retried while the coordinator is unreachable for a moment: the
-        request id makes a retry return the run the first attempt created, if it did."""
-        if not request.request_id:
-            request.request_id = uuid.uuid4().hex
-        deadline = time.monotonic() + 10.0
-        backoff = 0.1
-        while True:
-            try:
-                response = self.stub.SubmitRun(request, timeout=_CALL_TIMEOUT_S)
-                return str(response.run_id)
-            except grpc.RpcError as exc:
-                unavailable = isinstance(exc, grpc.Call) and exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-                if not unavailable or time.monotonic() > deadline:
-                    raise self.translate(exc, refused="the coordinator refused the graph") from None
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+@contextmanager
+def _client(args: argparse.Namespace, *, refused: str | None = None) -> Iterator[Client]:
+    """A client of the coordinator the command names; its errors end the command."""
+    try:
+        with Client(
+            _address(args), submit_retry_s=_SUBMIT_RETRY_S, resume_s=_RESUME_FOR_S
+        ) as client:
+            yield client
+    except HivegridError as exc:
+        raise _cli_error(exc, refused=refused) from None
 
 
 def _address(args: argparse.Namespace) -> str:
@@ -202,8 +95,8 @@ def _address(args: argparse.Namespace) -> str:
     return address
 
 
-def _run_exit_code(state: int) -> int:
-    return EXIT_OK if state == graph_pb2.RUN_STATE_SUCCEEDED else EXIT_FAILED
+def _run_exit_code(state: RunState) -> int:
+    return EXIT_OK if state == RunState.SUCCEEDED else EXIT_FAILED
 
 
 def _print_json(value: Any, out: TextIO | None = None) -> None:
@@ -214,14 +107,9 @@ def _print_json(value: Any, out: TextIO | None = None) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    try:
-        request = load_graph_file(args.file)
-    except GraphFileError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    if args.name is not None:
-        request.name = args.name
-    with Client(_address(args)) as client:
-        run_id = client.submit(request)
+    with _client(args, refused="the coordinator refused the graph") as client:
+        # The client reads the file (before connecting): a bad one is GraphFileError, exit 2.
+        run_id = client.submit(args.file, name=args.name)
         if not args.wait:
             if args.json:
                 _print_json(render.run_json(client.get_run(run_id)))
@@ -231,36 +119,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if not args.json:
             print(run_id, flush=True)
         try:
-            client.wait_for_end(run_id, 1)
+            final = client.wait(run_id)
         except KeyboardInterrupt:
             raise CliError(
                 f"interrupted; the run goes on (hivegrid watch {run_id})", EXIT_INTERRUPTED
             ) from None
-        final = client.get_run(run_id)
     if args.json:
         _print_json(render.run_json(final))
     else:
-        print(render.run_summary_line(final.run))
+        print(render.run_summary_line(final))
         failed = render.failed_nodes_text(final)
-        if failed and final.run.state != graph_pb2.RUN_STATE_SUCCEEDED:
+        if failed and final.state != RunState.SUCCEEDED:
             print(failed)
-    return _run_exit_code(final.run.state)
+    return _run_exit_code(final.state)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Client(_address(args)) as client:
-        response = client.get_run(args.run)
+    with _client(args) as client:
+        run = client.get_run(args.run)
     if args.json:
-        _print_json(render.run_json(response))
+        _print_json(render.run_json(run))
     else:
-        print(render.status_text(response))
+        print(render.status_text(run))
     return EXIT_OK
 
 
 class _LiveView:
     """What `hivegrid watch` shows: a line per event; counts on a refreshing line on a TTY."""
 
-    def __init__(self, states: dict[str, int], out: TextIO) -> None:
+    def __init__(self, states: dict[str, NodeState], out: TextIO) -> None:
         self.states = states
         self.out = out
         self.tty = out.isatty()
@@ -281,7 +168,7 @@ class _LiveView:
             self.out.write(f"  = {line}\n")
         self.out.flush()
 
-    def on_event(self, event: run_pb2.RunEvent) -> None:
+    def on_event(self, event: Event) -> None:
         self._clear_status()
         self.out.write(render.event_line(event) + "\n")
         for move in event.transitions:
@@ -298,44 +185,43 @@ class _LiveView:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    with Client(_address(args)) as client:
-        snapshot = client.get_run(args.run, omit_results=True)
-        print(render.run_summary_line(snapshot.run), flush=True)
-        if snapshot.run.state == graph_pb2.RUN_STATE_RUNNING:
+    with _client(args) as client:
+        snapshot = client.get_run(args.run, results=False)
+        print(render.run_summary_line(snapshot), flush=True)
+        if snapshot.state == RunState.RUNNING:
             view = _LiveView({node.id: node.state for node in snapshot.nodes}, sys.stdout)
+            events = client.events(args.run, after=snapshot.last_seq)
             try:
-                client.wait_for_end(args.run, snapshot.run.last_seq + 1, view.on_event)
+                for event in events:
+                    view.on_event(event)
             except KeyboardInterrupt:
                 view.close()
                 return EXIT_INTERRUPTED
+            finally:
+                events.close()
             view.close()
-            final = client.get_run(args.run, omit_results=True)
-            print(render.run_summary_line(final.run))
+            final = client.get_run(args.run, results=False)
+            print(render.run_summary_line(final))
         else:
             final = snapshot
     failed = render.failed_nodes_text(final)
-    if failed and final.run.state != graph_pb2.RUN_STATE_SUCCEEDED:
+    if failed and final.state != RunState.SUCCEEDED:
         print(failed)
-    return _run_exit_code(final.run.state)
+    return _run_exit_code(final.state)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     if args.from_seq < 0:
         raise CliError("--from must be 0 or more", EXIT_USAGE)
-    with Client(_address(args)) as client:
-        # Without --follow, stop at the last event that existed when we asked.
-        last_seq = None if args.follow else client.get_run(args.run, omit_results=True).run.last_seq
-        if last_seq is not None and max(args.from_seq, 1) > last_seq:
-            return EXIT_OK
-        events = client.events(args.run, args.from_seq)
+    with _client(args) as client:
+        # Without --follow, the events that existed when we asked.
+        events = client.events(args.run, after=max(args.from_seq, 1) - 1, follow=args.follow)
         try:
             for event in events:
                 if args.json:
                     print(json.dumps(render.event_json(event), ensure_ascii=False), flush=True)
                 else:
                     print(render.event_line(event), flush=True)
-                if last_seq is not None and event.seq >= last_seq:
-                    break
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         finally:
@@ -344,11 +230,32 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with Client(_address(args)) as client:
-        response = client.call(
-            "CancelRun", run_pb2.CancelRunRequest(run_id=args.run, reason=args.reason)
+    with _client(args) as client:
+        state = client.cancel(args.run, reason=args.reason)
+    print(f"run {args.run}: {state}")
+    return EXIT_OK
+
+
+def cmd_mutate(args: argparse.Namespace) -> int:
+    try:
+        document, source = load_document(args.file, what="mutations file")
+    except GraphFileError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if isinstance(document, dict) and set(document) == {"mutations"}:
+        document = document["mutations"]
+    if not isinstance(document, list) or not document:
+        raise CliError(
+            f'{source}: expected a non-empty list of mutations (or {{"mutations": [...]}}), '
+            'each like {"add_node": {"node": {"id": "x", "agent": "echo"}}}',
+            EXIT_USAGE,
         )
-    print(f"run {args.run}: {render.run_state_name(response.state)}")
+    with _client(args, refused="the coordinator refused the mutations") as client:
+        try:
+            seq = client.mutate(args.run, document)
+        except GraphFileError as exc:
+            raise CliError(f"{source}: {exc}", EXIT_USAGE) from None
+    plural = "" if len(document) == 1 else "s"
+    print(f"run {args.run}: {len(document)} mutation{plural} applied (event #{seq})")
     return EXIT_OK
 
 
@@ -356,28 +263,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.action == "delete":
         if not args.ids:
             raise CliError("hivegrid runs delete RUN [RUN ...]: name the runs", EXIT_USAGE)
-        with Client(_address(args)) as client:
+        with _client(args) as client:
             for run_id in args.ids:
-                client.call("DeleteRun", run_pb2.DeleteRunRequest(run_id=run_id))
+                client.delete_run(run_id)
                 print(f"run {run_id}: deleted")
         return EXIT_OK
     if args.ids:
         raise CliError("hivegrid runs takes no run ids (did you mean 'runs delete'?)", EXIT_USAGE)
     if args.limit < 0:
         raise CliError("--limit must be 0 or more", EXIT_USAGE)
-    with Client(_address(args)) as client:
-        runs: list[run_pb2.RunInfo] = []
-        token = ""
-        want = args.limit or 100
-        while len(runs) < want:
-            response = client.call(
-                "ListRuns",
-                run_pb2.ListRunsRequest(limit=min(1000, want - len(runs)), page_token=token),
-            )
-            runs.extend(response.runs)
-            token = response.next_page_token
-            if not token:
-                break
+    with _client(args) as client:
+        runs = client.list_runs(limit=args.limit or 100)
     if args.json:
         _print_json(render.runs_json(runs))
     else:
@@ -386,22 +282,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with Client(_address(args)) as client:
-        response = client.call("ListWorkers", run_pb2.ListWorkersRequest())
+    with _client(args) as client:
+        workers = client.list_workers()
     if args.json:
-        _print_json(render.workers_json(response.workers))
+        _print_json(render.workers_json(workers))
     else:
-        print(render.workers_table(response.workers))
+        print(render.workers_table(workers))
     return EXIT_OK
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    with Client(_address(args)) as client:
-        response = client.call("DrainWorker", run_pb2.DrainWorkerRequest(worker=args.worker))
-    if response.drained == 0:
+    with _client(args) as client:
+        drained = client.drain(args.worker)
+    if drained == 0:
         raise CliError(f"no connected worker has the name or session id {args.worker!r}")
-    plural = "" if response.drained == 1 else "s"
-    print(f"draining {response.drained} session{plural} of {args.worker}")
+    plural = "" if drained == 1 else "s"
+    print(f"draining {drained} session{plural} of {args.worker}")
     return EXIT_OK
 
 
@@ -662,6 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cancel", cmd_cancel, "cancel a run", parents=[client])
     p.add_argument("run", metavar="RUN")
     p.add_argument("--reason", default="cancelled from the command line")
+
+    p = add(
+        "mutate",
+        cmd_mutate,
+        "apply a batch of mutations to a running run, atomically (a JSON or YAML list; '-' "
+        "reads stdin)",
+        parents=[client],
+    )
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("file", metavar="FILE")
 
     p = add(
         "runs",

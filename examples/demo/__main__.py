@@ -17,11 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
-from hivegrid.v1 import graph_pb2 as gpb
-from hivegrid.v1 import run_pb2 as rpb
-from hivegrid.v1 import run_pb2_grpc
+from hivegrid.client import Client, Graph, RunState
 
 ROOT = Path(__file__).resolve().parents[2]
 GO_WORKER = ROOT / "sdks/go/bin/conformance-worker"
@@ -34,7 +30,6 @@ SUBTOPICS = [
     "evaluation sets",
     "guardrails",
 ]
-STATE = {v: k.removeprefix("NODE_STATE_").lower() for k, v in gpb.NodeState.items()}
 COLORS = {"python": "\033[33m", "go": "\033[36m", "typescript": "\033[35m"}
 RESET = "\033[0m"
 
@@ -112,42 +107,35 @@ def start_workers(address: str, data: Path) -> dict[str, subprocess.Popen[bytes]
     }
 
 
-def wait_for_workers(stub: run_pb2_grpc.RunServiceStub, count: int) -> dict[str, str]:
+def wait_for_workers(client: Client, count: int) -> dict[str, str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        workers = stub.ListWorkers(rpb.ListWorkersRequest()).workers
+        workers = client.list_workers()
         if len(workers) >= count:
-            return {w.worker_name: w.language for w in workers}
+            return {w.name: w.language for w in workers}
         time.sleep(0.1)
     raise SystemExit("the workers did not connect within 30 s; see the logs")
 
 
-def watch(
-    stub: run_pb2_grpc.RunServiceStub, run_id: str, languages: dict[str, str]
-) -> dict[str, str]:
+def watch(client: Client, run_id: str, languages: dict[str, str]) -> dict[str, str]:
     ran_on: dict[str, str] = {}
     started = time.monotonic()
-    events = (
-        ev for resp in stub.WatchRun(rpb.WatchRunRequest(run_id=run_id)) for ev in resp.events
-    )
-    for ev in events:
+    for ev in client.events(run_id):
         t = f"{time.monotonic() - started:5.2f}s"
-        kind = ev.WhichOneof("kind")
-        if kind == "node_dispatched":
-            d = ev.node_dispatched
-            lang = languages.get(d.worker_name, "?")
-            ran_on[d.node_id] = lang
-            print(f"{t}  {d.node_id:<12} -> {color(lang, f'{lang} ({d.worker_name})')}")
-        elif kind == "progress":
-            p = ev.progress
-            lang = ran_on.get(p.node_id, "")
-            print(f"{t}  {p.node_id:<12}    {color(lang, json.dumps(json.loads(p.data)))}")
-        elif kind == "attempt_finished":
-            f = ev.attempt_finished
-            grown = f"  (+{len(f.mutations)} mutations: the graph grows)" if f.mutations else ""
-            print(f"{t}  {f.node_id:<12} done{grown}")
-        elif kind == "run_ended":
-            print(f"{t}  run {gpb.RunState.Name(ev.run_ended.state)[10:].lower()}")
+        if ev.kind == "node_dispatched" and ev.node_id:
+            worker = ev.worker_name or ""
+            lang = languages.get(worker, "?")
+            ran_on[ev.node_id] = lang
+            print(f"{t}  {ev.node_id:<12} -> {color(lang, f'{lang} ({worker})')}")
+        elif ev.kind == "progress" and ev.node_id:
+            lang = ran_on.get(ev.node_id, "")
+            print(f"{t}  {ev.node_id:<12}    {color(lang, json.dumps(ev.data))}")
+        elif ev.kind == "attempt_finished":
+            n = len(ev.mutations)
+            grown = f"  (+{n} mutations: the graph grows)" if n else ""
+            print(f"{t}  {ev.node_id:<12} done{grown}")
+        elif ev.kind == "run_ended":
+            print(f"{t}  run {ev.state}")
     return ran_on
 
 
@@ -159,45 +147,28 @@ def main() -> int:
     workers = start_workers(address, data)
     code = 1
     try:
-        channel = grpc.insecure_channel(address)
-        stub = run_pb2_grpc.RunServiceStub(channel)
-        languages = wait_for_workers(stub, len(workers))
-        print("workers:", ", ".join(f"{n} ({lang})" for n, lang in sorted(languages.items())))
-        question = "What makes an agent pipeline reliable?"
-        graph = [
-            gpb.NodeSpec(
-                id="plan",
-                agent="planner",
-                can_mutate=True,
-                input=json.dumps({"subtopics": SUBTOPICS}).encode(),
-            ),
-            gpb.NodeSpec(
-                id="report",
-                agent="report",
-                depends_on=["plan"],
-                input=json.dumps({"question": question}).encode(),
-            ),
-        ]
-        run_id = stub.SubmitRun(rpb.SubmitRunRequest(nodes=graph, name="demo")).run_id
-        print(f"submitted run {run_id}: plan -> report (2 nodes; watch it grow)\n")
-        ran_on = watch(stub, run_id, languages)
-        run = stub.GetRun(rpb.GetRunRequest(run_id=run_id))
-        print(
-            f"\nrun {run_id}: {gpb.RunState.Name(run.run.state)[10:].lower()}, "
-            f"{len(run.nodes)} nodes"
-        )
+        with Client(address) as client:
+            languages = wait_for_workers(client, len(workers))
+            print("workers:", ", ".join(f"{n} ({lang})" for n, lang in sorted(languages.items())))
+            question = "What makes an agent pipeline reliable?"
+            graph = Graph(name="demo")
+            plan = graph.node("planner", {"subtopics": SUBTOPICS}, id="plan", can_mutate=True)
+            graph.node("report", {"question": question}, id="report", after=[plan])
+            run_id = client.submit(graph)
+            print(f"submitted run {run_id}: plan -> report (2 nodes; watch it grow)\n")
+            ran_on = watch(client, run_id, languages)
+            run = client.get_run(run_id)
+        print(f"\nrun {run_id}: {run.state}, {len(run.nodes)} nodes")
         by_lang: dict[str, int] = {}
         for lang in ran_on.values():
             by_lang[lang] = by_lang.get(lang, 0) + 1
         print("nodes run per language:", ", ".join(f"{k} {v}" for k, v in sorted(by_lang.items())))
-        report = next(n for n in run.nodes if n.id == "report")
-        if report.result:
-            result = json.loads(report.result)
-            print(f"\nreport: {result['question']}")
-            for section in result["sections"]:
+        report = run.node("report").result
+        if report:
+            print(f"\nreport: {report['question']}")
+            for section in report["sections"]:
                 print(f"  - {section}")
-        code = 0 if run.run.state == gpb.RUN_STATE_SUCCEEDED else 1
-        channel.close()
+        code = 0 if run.state == RunState.SUCCEEDED else 1
     finally:
         for proc in workers.values():
             proc.send_signal(signal.SIGTERM)
