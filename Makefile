@@ -79,6 +79,7 @@ lint: $(VENV)/.stamp node_modules/.stamp
 	$(VENV)/bin/mypy
 	npx --no-install buf lint
 	npx --no-install buf format --diff --exit-code
+	npx --no-install buf breaking --against protos/baseline/v0.1.binpb
 	$(MAKE) -C sdks/go lint
 	$(MAKE) sdks/typescript/node_modules/.stamp
 	cd sdks/typescript && npm run --silent lint
@@ -94,7 +95,7 @@ FUZZ_EXAMPLES ?= 500
 fuzz: $(VENV)/.stamp
 	HIVEGRID_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
 
-test-go:
+test-go: $(VENV)/.stamp
 	$(MAKE) -C sdks/go test
 
 test-ts: sdks/typescript/node_modules/.stamp
