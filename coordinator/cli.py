@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config",
         metavar="FILE",
-        help="a TOML file whose [limits] table sets limits (docs/operations.md lists them)",
+        help="a TOML file whose [limits] table sets limits (docs/limits.md lists them)",
     )
     p.add_argument(
         "--limit",

@@ -19,7 +19,8 @@ from hivegrid.v1 import run_pb2, run_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 from .limits import DEFAULT_LIMITS, Limits
 from .runtime import Runtime
-from .service import RunServicer, WorkerServicer
+from .service.run_service import RunServicer
+from .service.worker_service import WorkerServicer
 from .store import StoreError, default_store_url, open_store
 
 log = logging.getLogger("hivegrid.coordinator")

@@ -12,9 +12,9 @@ from collections.abc import Container, Iterable
 
 from hivegrid.storage.v1 import storage_pb2 as spb
 
-from . import convert
 from .core import Core, NodeState, RestoredNode, RunLimits
 from .core.graph import Run
+from .service.graph_pb import error_from_pb, error_to_pb, fill_spec_pb, spec_from_pb
 
 # A chunk ends after this many nodes or about this many bytes of inputs and results.
 CHUNK_NODES = 50_000
@@ -26,7 +26,7 @@ def dump(core: Core) -> list[bytes]:
     snap = spb.Snapshot()
     held_nodes = 0
     held_bytes = 0
-    fill_spec = convert.fill_spec_pb
+    fill_spec = fill_spec_pb
     for run in core.runs.values():
         part = 0
         r = _run_header(snap, run, part)
@@ -53,7 +53,7 @@ def dump(core: Core) -> list[bytes]:
             )
             fill_spec(n.spec, node.spec, node.deps)
             if node.error is not None:
-                n.error.CopyFrom(convert.error_to_pb(node.error))
+                n.error.CopyFrom(error_to_pb(node.error))
             held_nodes += 1
             held_bytes += len(node.result) + len(node.spec.input)
     if snap.runs or not chunks:
@@ -104,13 +104,13 @@ def load(core: Core, chunks: Iterable[bytes], *, now: float, skip: Container[str
             continue
         nodes = [
             RestoredNode(
-                spec=convert.spec_from_pb(n.spec),
+                spec=spec_from_pb(n.spec),
                 state=NodeState(n.state),
                 attempt=n.attempt,
                 failures=n.failures,
                 lease=n.lease,
                 result=n.result,
-                error=convert.error_from_pb(n.error) if n.HasField("error") else None,
+                error=error_from_pb(n.error) if n.HasField("error") else None,
                 parent_id=n.parent_id,
                 depth=n.spawn_depth,
                 not_before=n.not_before,

@@ -1,12 +1,34 @@
 """The core of the coordinator: a pure state machine (no I/O, no clock, no asyncio).
 
-Read `scheduler.py` for the theory of operation, `graph.py` for readiness and the transition
-table, `mutations.py` for atomic mutation batches. The runtime (`coordinator/runtime.py`) is the
-only caller.
+Read `scheduler.py` for the theory of operation, `events.py` for what goes in and what is
+logged, `graph.py` for readiness and the transition table, `mutations.py` for atomic mutation
+batches. The runtime (`coordinator/runtime/`) is the only caller.
 """
 
+from .events import (
+    Answer,
+    AttemptFinished,
+    AttemptLost,
+    AttemptRef,
+    AttemptTimedOut,
+    CancelRun,
+    Decision,
+    MutateRun,
+    MutationsApplied,
+    NodeDispatched,
+    NodeFailed,
+    OpenSession,
+    ProgressReported,
+    ReportProgress,
+    RunCancelled,
+    RunEnded,
+    RunSubmitted,
+    SubmitRun,
+)
 from .model import (
     DEFAULT_RETRY,
+    REJECTED_KIND,
+    REJECTED_PREFIX,
     AckStatus,
     AddEdge,
     AddNode,
@@ -30,6 +52,8 @@ from .model import (
     RunLimits,
     RunState,
     SplitNode,
+    UnknownMutation,
+    mutations_rejected,
 )
 from .scheduler import (
     Assignment,
@@ -44,35 +68,57 @@ from .validate import validate
 
 __all__ = [
     "DEFAULT_RETRY",
+    "REJECTED_KIND",
+    "REJECTED_PREFIX",
     "AckStatus",
     "AddEdge",
     "AddNode",
+    "Answer",
     "Assignment",
+    "AttemptFinished",
+    "AttemptLost",
+    "AttemptRef",
+    "AttemptTimedOut",
     "CancelOrder",
+    "CancelRun",
     "ConfirmSpeculative",
     "Core",
+    "Decision",
     "DiscardSpeculative",
     "GraphError",
     "InjectBefore",
     "InvariantError",
     "MarkSpeculative",
     "ModifyNode",
+    "MutateRun",
     "Mutation",
+    "MutationsApplied",
+    "NodeDispatched",
     "NodeError",
+    "NodeFailed",
     "NodeSpec",
     "NodeState",
+    "OpenSession",
     "Outcome",
     "PreparedRun",
+    "ProgressReported",
     "PruneSubgraph",
     "Record",
     "RemoveEdge",
     "RemoveNode",
+    "ReportProgress",
     "RestoredNode",
     "RetryPolicy",
+    "RunCancelled",
+    "RunEnded",
     "RunExists",
     "RunLimits",
     "RunState",
+    "RunSubmitted",
     "Session",
     "SplitNode",
+    "SubmitRun",
+    "UnknownMutation",
+    "mutations_rejected",
     "validate",
 ]

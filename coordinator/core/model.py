@@ -43,10 +43,13 @@ class Outcome(IntEnum):
 
 
 class AckStatus(IntEnum):
+    # Values equal the wire's AckStatus.
     COMMITTED = 1
     STALE = 2
     MUTATIONS_REJECTED = 3
     INVALID = 4
+    # Committed as the failure it became: it broke one of the operator's limits.
+    REFUSED = 5
 
 
 class GraphError(ValueError):
@@ -108,8 +111,22 @@ class NodeError:
 
 @dataclass(slots=True, frozen=True)
 class RunLimits:
+    """A run's limits. In a submission, a field left 0 takes the core's default."""
+
     max_nodes: int = 1_000_000
     max_spawn_depth: int = 16
+
+
+# A rejected batch fails its attempt with an error of this form; a log keeps the attempt as that
+# plain failure, and the core recognises it (to give a resent answer the same ack).
+REJECTED_PREFIX = "mutations rejected: "
+REJECTED_KIND = "mutation_rejected"
+
+
+def mutations_rejected(reason: str) -> NodeError:
+    """The error an attempt fails with when its mutations are rejected (retryable: a later
+    attempt may send a batch that fits)."""
+    return NodeError(REJECTED_PREFIX + reason, True, REJECTED_KIND)
 
 
 # --- mutations (graph.proto documents the semantics of each) -------------------------------
@@ -179,6 +196,12 @@ class DiscardSpeculative:
     id: str
 
 
+@dataclass(slots=True, frozen=True)
+class UnknownMutation:
+    """A mutation the sender's side could not name: empty, or of a kind from a newer version.
+    A batch holding one is rejected whole."""
+
+
 Mutation = (
     AddNode
     | AddEdge
@@ -191,4 +214,5 @@ Mutation = (
     | MarkSpeculative
     | ConfirmSpeculative
     | DiscardSpeculative
+    | UnknownMutation
 )

@@ -32,6 +32,7 @@ from .model import (
     RemoveEdge,
     RemoveNode,
     SplitNode,
+    UnknownMutation,
 )
 
 PRUNED_ERROR = NodeError("pruned", kind="cancelled")
@@ -305,6 +306,11 @@ def play(run: Run, batch: Sequence[Mutation], actor: Node | None) -> _View:
                 view.mark(m.id, "confirm", what)
             case DiscardSpeculative():
                 view.mark(m.id, "discard", what)
+            case UnknownMutation():
+                raise GraphError(
+                    f"{what}: a mutation without a kind (empty, or a kind this coordinator "
+                    "does not know)"
+                )
     total = len(run.nodes) + len(view.added) - len(view.removed)
     if total > run.limits.max_nodes:
         raise GraphError(
@@ -528,3 +534,4 @@ _KIND_NAMES: dict[type, str] = {
         DiscardSpeculative,
     )
 }
+_KIND_NAMES[UnknownMutation] = "unknown"

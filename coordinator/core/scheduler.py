@@ -1,16 +1,16 @@
 """The core: every run's graph, the worker sessions, the ready queues, the timers.
 
 Theory of operation. The runtime feeds stimuli in order, one call each (`submit_run`,
-`finish_attempt`, `open_session`, `advance`, ...), with the current time and any ids inside the
-call: the core never reads a clock, makes randomness of its own, or does I/O. Each call updates
-the state and leaves its consequences in the outbox:
+`finish_attempt`, `open_session`, `advance`, ...), the data of each a typed input of `events.py`,
+with the current time and any ids inside the call: the core never reads a clock, makes
+randomness of its own, or does I/O. Each call updates the state and leaves its consequences in
+the outbox:
 
-- `records`: what must be appended to the run's log, in order, each with the node transitions it
-  caused. A stimulus that changes nothing (a stale result) leaves no record. Kinds: "submitted",
-  "dispatched", "finished" (data: payload, rejection), "lost", "timed_out", "progress",
-  "cancelled", "mutated", "node_failed" (data: node id, error; an assignment too large to
-  deliver), "ended".
-- `assignments` and `cancels`: what to push to which session.
+- `records`: what must be appended to the run's log, in order: a `Record` per decision (the
+  dataclasses of `events.py`), each with the node transitions it caused. A stimulus that changes
+  nothing (a stale result) leaves no record.
+- `assignments` and `cancels`: what to push to which session. An `Assignment` carries all that
+  travels with it, the dependency results included, so nobody else needs to know which do.
 
 Fencing. An attempt belongs to the session it was dispatched to: only that session's answer
 counts while the node runs, and a held ref in a Hello reclaims an attempt only when its session is
@@ -18,8 +18,9 @@ gone. Leases come from `new_lease` (random, in production), so they cannot be gu
 resent after it was accepted gets the ack the first one got (`Node.answered`).
 
 `dispatch()` hands ready nodes to sessions with free slots, never more than a session granted.
-Replaying a log calls the same methods (with `replay_dispatch` for decisions that were made
-live), so the state after replay is the state before the crash.
+`replay(run_id, decision)` re-applies one logged decision through the same methods (a logged
+dispatch is taken as made, not made again), so the state after replay is the state before the
+crash; it is the only way from a log back to state.
 """
 
 from __future__ import annotations
@@ -28,13 +29,36 @@ import bisect
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import NamedTuple
 
 from . import mutations as mutation_batch
+from .events import (
+    Answer,
+    AttemptFinished,
+    AttemptLost,
+    AttemptRef,
+    AttemptTimedOut,
+    CancelRun,
+    Decision,
+    MutateRun,
+    MutationsApplied,
+    NodeDispatched,
+    NodeFailed,
+    OpenSession,
+    ProgressReported,
+    ReportProgress,
+    RunCancelled,
+    RunEnded,
+    RunSubmitted,
+    SubmitRun,
+)
 from .graph import Node, Run
 from .model import (
     NOT_STARTED,
+    REJECTED_KIND,
+    REJECTED_PREFIX,
     TERMINAL,
     AckStatus,
     GraphError,
@@ -46,6 +70,7 @@ from .model import (
     RunExists,
     RunLimits,
     RunState,
+    mutations_rejected,
 )
 
 QueueKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -57,24 +82,27 @@ ABANDONED_ERROR = NodeError(
     "abandoned",
 )
 TIMEOUT_KIND = "timeout"
-# A rejected batch fails the attempt with this error; the log may keep it as a plain failure.
-REJECTED_PREFIX = "mutations rejected: "
-REJECTED_KIND = "mutation_rejected"
 COMMITTED, MUTATIONS_REJECTED = int(AckStatus.COMMITTED), int(AckStatus.MUTATIONS_REJECTED)
+_OUTCOMES = frozenset(int(o) for o in Outcome)
+FAILED_WITHOUT_ERROR = NodeError("failed without an error", True, "agent")
+INVALID_MESSAGE = "a result needs a ref and an outcome (1, 2 or 3)"
 
 
 class Record:
-    """One entry for a run's log. `data` is what the runtime needs to write it: the stimulus
-    payload it passed in, or the core's own decision."""
+    """One entry for a run's log: a decision, and the node transitions it caused (for
+    watchers; replay recomputes them). Made by the core only."""
 
-    __slots__ = ("data", "kind", "run_id", "transitions")
+    __slots__ = ("decision", "run_id", "transitions")
 
-    def __init__(self, run: Run, kind: str, data: Any) -> None:
+    def __init__(self, run: Run, decision: Decision) -> None:
         self.run_id = run.run_id
-        self.kind = kind
-        self.data = data
+        self.decision = decision
         self.transitions = run.transitions
         run.transitions = []
+
+    @property
+    def kind(self) -> str:
+        return self.decision.kind
 
 
 class RestoredNode(NamedTuple):
@@ -143,7 +171,7 @@ class Session:
         session_id: str,
         worker_name: str,
         agents: Iterable[str],
-        labels: dict[str, str],
+        labels: Mapping[str, str],
         slots: int,
     ) -> None:
         self.id = session_id
@@ -163,13 +191,28 @@ class Session:
 
 
 class Assignment:
-    __slots__ = ("attempt", "lease", "node", "session_id")
+    """An attempt to push to a session, with everything that travels with it: the node's spec
+    (agent, input, timeout, metadata, whether it may mutate) and the results of the
+    dependencies that succeeded, in dependency order. Not logged (its NodeDispatched is)."""
 
-    def __init__(self, session_id: str, node: Node) -> None:
+    __slots__ = ("attempt", "deps", "lease", "node_id", "run_id", "session_id", "spec")
+
+    def __init__(
+        self,
+        session_id: str,
+        run_id: str,
+        spec: NodeSpec,
+        attempt: int,
+        lease: int,
+        deps: list[tuple[str, bytes]],
+    ) -> None:
         self.session_id = session_id
-        self.node = node
-        self.attempt = node.attempt
-        self.lease = node.lease
+        self.run_id = run_id
+        self.node_id = spec.id
+        self.spec = spec
+        self.attempt = attempt
+        self.lease = lease
+        self.deps = deps
 
 
 class CancelOrder:
@@ -185,10 +228,12 @@ class CancelOrder:
 
 
 class PreparedRun(NamedTuple):
-    """A run built by `Core.prepare_run`, not yet live."""
+    """A run built by `Core.prepare_run`, not yet live; `submitted` is what its log begins
+    with."""
 
     run: Run
     ready: list[Node]
+    submitted: RunSubmitted
 
 
 class Core:
@@ -228,51 +273,20 @@ class Core:
 
     # --- runs ----------------------------------------------------------------------------
 
-    def submit_run(
-        self,
-        run_id: str,
-        specs: Sequence[NodeSpec],
-        *,
-        limits: RunLimits | None,
-        name: str,
-        seed: int,
-        now: float,
-        payload: Any = None,
-        checked: bool = False,
-        request_id: str = "",
-    ) -> Run:
+    def submit_run(self, cmd: SubmitRun, *, now: float, checked: bool = False) -> Run:
         """Starts a run; raises GraphError (creating nothing) if the graph is malformed, and
         RunExists if the run id, or the request id, is taken.
 
         `checked=True` skips the graph checks, for a replay of a graph that passed them when
         it was submitted."""
-        prepared = self.prepare_run(
-            run_id,
-            specs,
-            limits=limits,
-            name=name,
-            seed=seed,
-            now=now,
-            checked=checked,
-            request_id=request_id,
-        )
-        return self.install_run(prepared, now=now, payload=payload)
+        return self.install_run(self.prepare_run(cmd, now=now, checked=checked), now=now)
 
-    def prepare_run(
-        self,
-        run_id: str,
-        specs: Sequence[NodeSpec],
-        *,
-        limits: RunLimits | None,
-        name: str,
-        seed: int,
-        now: float,
-        checked: bool = False,
-        request_id: str = "",
-    ) -> PreparedRun:
+    def prepare_run(self, cmd: SubmitRun, *, now: float, checked: bool = False) -> PreparedRun:
         """The expensive half of `submit_run`: checks the graph and builds the run without
         touching the core, so a caller may do it off its event loop. Raises GraphError."""
-        limits = limits or self.default_limits
+        run_id, name, seed, request_id = cmd.run_id, cmd.name, cmd.seed, cmd.request_id
+        specs = _with_default_ids(cmd.specs)
+        limits = _resolve(cmd.limits, self.default_limits)
         if not checked:
             _check_graph(specs, limits)
         run = Run(
@@ -303,31 +317,28 @@ class Core:
         # A submission's transitions are implied (PENDING, READY without dependencies): keeping
         # them would make the first event as large as the graph twice over.
         run.transitions.clear()
-        return PreparedRun(run, ready)
+        submitted = RunSubmitted(cmd.specs, limits, name, seed, request_id)
+        return PreparedRun(run, ready, submitted)
 
-    def install_run(
-        self, prepared: PreparedRun, *, now: float, payload: Any = None, request_id: str = ""
-    ) -> Run:
+    def install_run(self, prepared: PreparedRun, *, now: float) -> Run:
         """The cheap half of `submit_run`: makes a prepared run live and queues its ready
-        nodes. Raises RunExists if a run with its id exists by now, or if its request id
-        (`request_id`, or the one given to `prepare_run`) made a run that still exists: ask
-        `run_for_request` which."""
+        nodes. Raises RunExists if a run with its id exists by now, or if its request id made a
+        run that still exists: ask `run_for_request` which."""
         self.now = now
         run = prepared.run
         if run.run_id in self.runs:
             raise RunExists(f"run {run.run_id!r} already exists")
-        request_id = request_id or run.request_id
+        request_id = run.request_id
         if request_id:
             existing = self.run_for_request(request_id)
             if existing is not None:
                 raise RunExists(f"request {request_id!r} already made run {existing!r}")
-            run.request_id = request_id
             self._requests[request_id] = run.run_id
         self.runs[run.run_id] = run
         on_ready = self._on_ready
         for node in prepared.ready:
             on_ready(node)
-        self._settle(run, "submitted", payload)
+        self._settle(run, prepared.submitted)
         return run
 
     def restore_run(
@@ -413,9 +424,11 @@ class Core:
         run_id = self._requests.get(request_id)
         return run_id if run_id is not None and run_id in self.runs else None
 
-    def cancel_run(self, run_id: str, *, reason: str, now: float, payload: Any = None) -> RunState:
+    def cancel_run(self, cmd: CancelRun, *, now: float) -> RunState:
+        """Cancels a running run (its running attempts are told); an ended run stays as it
+        ended. Raises KeyError for an unknown run."""
         self.now = now
-        run = self._run(run_id)
+        run = self._run(cmd.run_id)
         if run.state is not RunState.RUNNING:
             return run.state
         run.cancelled = True
@@ -427,46 +440,53 @@ class Core:
             node.queued = 0
             node.error = CANCELLED_ERROR
             run.set_state(node, NodeState.CANCELLED)
-        self._settle(run, "cancelled", payload)
+        self._settle(run, RunCancelled(cmd.reason))
         return run.state
 
-    def mutate_run(
-        self, run_id: str, batch: Sequence[Mutation], *, now: float, payload: Any = None
-    ) -> None:
-        """A client's batch; raises GraphError (changing nothing) if it is invalid."""
+    def mutate_run(self, cmd: MutateRun, *, now: float) -> None:
+        """A client's batch; raises GraphError (changing nothing) if it is invalid, KeyError
+        for an unknown run."""
         self.now = now
-        run = self._run(run_id)
+        run = self._run(cmd.run_id)
         if run.state is not RunState.RUNNING:
-            raise GraphError(f"run {run_id!r} has ended ({run.state.name})")
-        self._apply_mutations(run, batch, None)
-        self._settle(run, "mutated", payload)
+            raise GraphError(f"run {cmd.run_id!r} has ended ({run.state.name})")
+        self._apply_mutations(run, cmd.mutations, None)
+        self._settle(run, MutationsApplied(cmd.mutations))
 
     # --- attempts ------------------------------------------------------------------------
 
     def finish_attempt(
-        self,
-        session_id: str,
-        run_id: str,
-        node_id: str,
-        attempt: int,
-        lease: int,
-        outcome: Outcome,
-        *,
-        result: bytes = b"",
-        error: NodeError | None = None,
-        mutations: Sequence[Mutation] = (),
-        now: float,
-        payload: Any = None,
+        self, session_id: str, answer: Answer, *, now: float
     ) -> tuple[AckStatus, str]:
         """A worker's answer to an assignment. Returns the ack to send once it is durable.
 
-        Fencing: the answer counts only if it names the node's current attempt (run, node,
-        attempt and lease) and, while the node runs, comes from the session running it. A
-        READY node's open attempt (its worker was lost) may be answered from anywhere
-        (docs/design.md). An answer resent after it was accepted gets the same ack again. A
-        stale answer changes nothing, except that it frees the session's slot if it is the
-        session's own entry for exactly that attempt (a cancelled or timed-out attempt)."""
+        An answer without a run or a lease, or with an outcome that is none of the three, is
+        INVALID and changes nothing. Fencing: the answer counts only if it names the node's
+        current attempt (run, node, attempt and lease) and, while the node runs, comes from the
+        session running it. A READY node's open attempt (its worker was lost) may be answered
+        from anywhere (docs/design.md). An answer resent after it was accepted gets the same ack
+        again. A stale answer changes nothing, except that it frees the session's slot if it is
+        the session's own entry for exactly that attempt (a cancelled or timed-out attempt)."""
+        if not answer.run_id or not answer.lease or answer.outcome not in _OUTCOMES:
+            return AckStatus.INVALID, INVALID_MESSAGE
         self.now = now
+        refused = answer.refused
+        if refused:
+            # Its error says it already; the log keeps the failure, not the door's verdict.
+            answer = replace(answer, refused="")
+        status, message = self._finish(session_id, answer)
+        if refused and status is AckStatus.COMMITTED:
+            return AckStatus.REFUSED, refused
+        return status, message
+
+    def _finish(self, session_id: str, answer: Answer) -> tuple[AckStatus, str]:
+        run_id, node_id, attempt, lease = (
+            answer.run_id,
+            answer.node_id,
+            answer.attempt,
+            answer.lease,
+        )
+        outcome = answer.outcome
         session = self.sessions.get(session_id)
         if session is not None:
             held = session.in_flight.get(lease)
@@ -497,10 +517,10 @@ class Core:
         elif state is NodeState.CANCELLED:
             # The worker acknowledges the cancel (logged, so the attempt closes in replay too);
             # any other answer is stale and, like every stale answer, changes nothing.
-            if outcome is Outcome.CANCELLED and node.run.state is RunState.RUNNING:
+            if outcome == Outcome.CANCELLED and node.run.state is RunState.RUNNING:
                 node.open = False
                 node.answered = COMMITTED
-                self._settle(node.run, "finished", (payload, ""))
+                self._settle(node.run, AttemptFinished(answer))
                 return AckStatus.COMMITTED, ""
             return AckStatus.STALE, "the node was cancelled"
         elif state is not NodeState.READY:
@@ -508,39 +528,44 @@ class Core:
         run = node.run
         node.open = False
         node.answered = COMMITTED
-        if outcome is Outcome.CANCELLED:
+        if outcome == Outcome.CANCELLED:
             if state is NodeState.RUNNING:
                 # Nobody asked (a cancelled, pruned or timed-out attempt is answered above):
                 # giving an attempt up costs one, or a worker could retry a node forever.
                 self._fail(node, ABANDONED_ERROR)
             # A READY node (its worker was lost) is queued already: the attempt just closes.
-            self._settle(run, "finished", (payload, ""))
+            self._settle(run, AttemptFinished(answer))
             return AckStatus.COMMITTED, ""
         node.queued = 0
         status, rejection = AckStatus.COMMITTED, ""
-        if outcome is Outcome.SUCCEEDED:
+        if outcome == Outcome.SUCCEEDED:
             try:
-                if mutations:
-                    self._apply_mutations(run, mutations, node)
+                if answer.mutations:
+                    self._apply_mutations(run, answer.mutations, node)
             except GraphError as exc:
                 rejection = str(exc)
                 status = AckStatus.MUTATIONS_REJECTED
                 node.answered = MUTATIONS_REJECTED
-                self._fail(node, NodeError(REJECTED_PREFIX + rejection, True, REJECTED_KIND))
+                error = mutations_rejected(rejection)
+                self._fail(node, error)
+                # Logged as the failure it became: the batch is not kept, so a replay never
+                # judges it again.
+                answer = replace(
+                    answer, outcome=Outcome.FAILED, result=b"", error=error, mutations=()
+                )
             else:
-                node.result = result
+                node.result = answer.result
                 node.error = None
                 run.transition(node, NodeState.SUCCEEDED)
         else:
-            if error is None:
-                error = NodeError("failed without an error", True, "agent")
-            elif error.kind == REJECTED_KIND and error.message.startswith(REJECTED_PREFIX):
+            failure = answer.error or FAILED_WITHOUT_ERROR
+            if failure.kind == REJECTED_KIND and failure.message.startswith(REJECTED_PREFIX):
                 # A rejected batch as the log keeps it (a plain failure): the same ack.
-                rejection = error.message[len(REJECTED_PREFIX) :]
+                rejection = failure.message[len(REJECTED_PREFIX) :]
                 status = AckStatus.MUTATIONS_REJECTED
                 node.answered = MUTATIONS_REJECTED
-            self._fail(node, error)
-        self._settle(run, "finished", (payload, rejection))
+            self._fail(node, failure)
+        self._settle(run, AttemptFinished(answer, rejection))
         return status, rejection
 
     def _answered_again(self, node: Node) -> tuple[AckStatus, str]:
@@ -552,48 +577,34 @@ class Core:
             return AckStatus.MUTATIONS_REJECTED, "the mutations were rejected"
         return AckStatus(node.answered), ""
 
-    def report_progress(
-        self,
-        run_id: str,
-        node_id: str,
-        attempt: int,
-        lease: int,
-        *,
-        now: float,
-        payload: Any = None,
-    ) -> bool:
+    def report_progress(self, progress: ReportProgress, *, now: float) -> bool:
+        """Logged if it names the running attempt; says whether it did."""
         self.now = now
-        node = self._current(run_id, node_id, attempt, lease)
+        node = self._current(progress.run_id, progress.node_id, progress.attempt, progress.lease)
         if node is None or node.state is not NodeState.RUNNING:
             return False
-        self.records.append(Record(node.run, "progress", payload))
+        self.records.append(
+            Record(node.run, ProgressReported(node.id, node.attempt, progress.data))
+        )
         return True
 
     # --- sessions ------------------------------------------------------------------------
 
-    def open_session(
-        self,
-        session_id: str,
-        *,
-        worker_name: str,
-        agents: Iterable[str],
-        labels: dict[str, str],
-        slots: int,
-        held: Iterable[tuple[str, str, int, int]] = (),
-        now: float,
-    ) -> list[tuple[str, str, int, int]]:
+    def open_session(self, cmd: OpenSession, *, now: float) -> list[AttemptRef]:
         """Registers a session. Of the refs the worker says it still holds, keeps (and returns)
         those whose attempt is still current and whose session is gone (a READY node whose
         attempt is still open, or a RUNNING node of no live session); they occupy slots on the
         new session. An attempt another live session runs stays there."""
         self.now = now
-        session = Session(session_id, worker_name, agents, labels, slots)
+        session_id, worker_name, slots = cmd.session_id, cmd.worker_name, cmd.slots
+        session = Session(session_id, worker_name, cmd.agents, cmd.labels, slots)
         session.queue_keys = [k for k in self._queues if session.matches(k)]
         self.sessions[session_id] = session
         kept = []
         in_flight = session.in_flight
-        for run_id, node_id, attempt, lease in held:
-            node = self._current(run_id, node_id, attempt, lease)
+        for ref in cmd.held:
+            lease = ref.lease
+            node = self._current(ref.run_id, ref.node_id, ref.attempt, lease)
             if node is None or len(in_flight) >= slots or lease in in_flight:
                 continue
             if node.state is NodeState.RUNNING:
@@ -609,10 +620,11 @@ class Core:
             self._arm_timeout(node)
             self.records.append(
                 Record(
-                    node.run, "dispatched", (node.id, node.attempt, lease, session_id, worker_name)
+                    node.run,
+                    NodeDispatched(node.id, node.attempt, lease, session_id, worker_name),
                 )
             )
-            kept.append((run_id, node_id, attempt, lease))
+            kept.append(ref)
         self._hungry.add(session_id)
         return kept
 
@@ -638,21 +650,15 @@ class Core:
                 and node.session_id == session_id
             ):
                 self._requeue(node)
-                self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
+                self._settle(node.run, AttemptLost(node.id, node.attempt, lease, reason))
 
-    def lose_attempt(
-        self, run_id: str, node_id: str, lease: int, *, reason: str, now: float
-    ) -> None:
-        """One attempt's worker is gone (replaying a logged loss)."""
-        self.now = now
+    def _lose_attempt(self, run_id: str, node_id: str, lease: int, reason: str) -> None:
+        """One attempt's worker is gone (replaying a logged loss: no session exists)."""
         node = self._run(run_id).nodes.get(node_id)
         if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
             return
-        session = self.sessions.get(node.session_id)
-        if session is not None and session.in_flight.get(lease) is node:
-            del session.in_flight[lease]
         self._requeue(node)
-        self._settle(node.run, "lost", (node.id, node.attempt, lease, reason))
+        self._settle(node.run, AttemptLost(node.id, node.attempt, lease, reason))
 
     # --- time ----------------------------------------------------------------------------
 
@@ -670,35 +676,23 @@ class Core:
                 if node.state is NodeState.READY and node.queued == 0 and node.lease == token:
                     self._enqueue(node)
             elif node.state is NodeState.RUNNING and node.lease == token:
-                self.time_out(node.run.run_id, node.id, node.lease, now=now)
+                self._time_out(node)
 
-    def time_out(self, run_id: str, node_id: str, lease: int, *, now: float) -> None:
-        self.now = now
-        node = self._run(run_id).nodes.get(node_id)
-        if node is None or node.lease != lease or node.state is not NodeState.RUNNING:
-            return
-        attempt = node.attempt
+    def _time_out(self, node: Node) -> None:
+        attempt, lease = node.attempt, node.lease
         node.open = False
         self._cancel_on_worker(node, "timeout")
         self._fail(
             node, NodeError(f"timed out after {node.spec.timeout_s:g} s", True, TIMEOUT_KIND)
         )
-        self._settle(node.run, "timed_out", (node_id, attempt, lease))
-
-    def fail_node(self, run_id: str, node_id: str, error: NodeError, *, now: float) -> None:
-        """Fails a READY node without running it (replaying a logged `node_failed`: its
-        assignment was too large to deliver)."""
-        self.now = now
-        node = self._run(run_id).nodes.get(node_id)
-        if node is None or node.state is not NodeState.READY:
-            return
-        self._fail_unrun(node, error)
+        self._settle(node.run, AttemptTimedOut(node.id, attempt, lease))
 
     # --- assignments ---------------------------------------------------------------------
 
     def assignment_deps(self, node: Node) -> list[tuple[str, bytes]]:
         """What travels with the node's assignment: the results of its dependencies that
-        succeeded, in dependency order."""
+        succeeded, in dependency order (a dependency that ended otherwise, for a node that runs
+        on failure, sends nothing)."""
         deps = node.deps
         if not deps:
             return []
@@ -776,10 +770,60 @@ class Core:
                 break
         return got
 
-    def replay_dispatch(self, run_id: str, node_id: str, attempt: int, lease: int) -> None:
-        """Re-applies a logged dispatch during replay (no session exists any more)."""
-        node = self._run(run_id).nodes[node_id]
-        node.attempt, node.lease, node.session_id, node.open = attempt, lease, "", True
+    def replay(self, run_id: str, decision: Decision, *, now: float) -> None:
+        """Re-applies one logged decision: the only way from a log back to state (recovery,
+        and the tests' replays, go through here). The decision is taken as made (a dispatch is
+        not made again, an answer is not judged again: it is the answer the core took), through
+        the same paths as live; what it leaves in the outbox is dropped, being in the log
+        already. Raises KeyError for a run the log did not submit, and GraphError or
+        AssertionError for a decision the state cannot take (a damaged log)."""
+        self.now = now
+        records, assignments, cancels = (
+            len(self.records),
+            len(self.assignments),
+            len(self.cancels),
+        )
+        match decision:
+            case NodeDispatched():
+                self._replay_dispatch(run_id, decision)
+            case AttemptFinished():
+                # No session exists during replay, and a replayed dispatch belongs to none.
+                self._finish("", decision.answer)
+            case AttemptLost():
+                self._lose_attempt(run_id, decision.node_id, decision.lease, decision.reason)
+            case AttemptTimedOut():
+                node = self._run(run_id).nodes.get(decision.node_id)
+                if (
+                    node is not None
+                    and node.lease == decision.lease
+                    and node.state is NodeState.RUNNING
+                ):
+                    self._time_out(node)
+            case RunSubmitted():
+                cmd = SubmitRun(
+                    run_id,
+                    decision.specs,
+                    decision.limits,
+                    decision.name,
+                    decision.seed,
+                    decision.request_id,
+                )
+                self.submit_run(cmd, now=now, checked=True)
+            case RunCancelled():
+                self.cancel_run(CancelRun(run_id, decision.reason), now=now)
+            case MutationsApplied():
+                self.mutate_run(MutateRun(run_id, decision.mutations), now=now)
+            case NodeFailed():
+                node = self._run(run_id).nodes.get(decision.node_id)
+                if node is not None and node.state is NodeState.READY:
+                    self._fail_unrun(node, decision.error)
+            case ProgressReported() | RunEnded():
+                pass  # nothing changes: the end is recomputed from the nodes
+        del self.records[records:], self.assignments[assignments:], self.cancels[cancels:]
+
+    def _replay_dispatch(self, run_id: str, d: NodeDispatched) -> None:
+        node = self._run(run_id).nodes[d.node_id]
+        node.attempt, node.lease, node.session_id, node.open = d.attempt, d.lease, "", True
         node.queued = node.answered = 0
         if node.state is NodeState.READY:
             node.run.set_state(node, NodeState.RUNNING)
@@ -792,7 +836,7 @@ class Core:
             for node in run.nodes.values():
                 if node.state is NodeState.RUNNING and node.session_id not in self.sessions:
                     self._requeue(node)
-                    self._settle(run, "lost", (node.id, node.attempt, node.lease, reason))
+                    self._settle(run, AttemptLost(node.id, node.attempt, node.lease, reason))
 
     def take_outbox(self) -> tuple[list[Record], list[Assignment], list[CancelOrder]]:
         out = self.records, self.assignments, self.cancels
@@ -830,12 +874,22 @@ class Core:
         session.in_flight[lease] = node
         node.run.transition(node, NodeState.RUNNING)
         self._arm_timeout(node)
-        self.assignments.append(Assignment(session.id, node))
+        run = node.run
+        spec = node.spec
+        self.assignments.append(
+            Assignment(
+                session.id,
+                run.run_id,
+                spec,
+                node.attempt,
+                lease,
+                self.assignment_deps(node) if node.deps else [],
+            )
+        )
         self.records.append(
             Record(
-                node.run,
-                "dispatched",
-                (node.id, node.attempt, lease, session.id, session.worker_name),
+                run,
+                NodeDispatched(spec.id, node.attempt, lease, session.id, session.worker_name),
             )
         )
 
@@ -857,7 +911,7 @@ class Core:
         node.open = False
         node.error = error
         node.run.transition(node, NodeState.FAILED)
-        self._settle(node.run, "node_failed", (node.id, error))
+        self._settle(node.run, NodeFailed(node.id, error))
 
     def _sweep(self) -> None:
         """Drops the queue entries and timers that hold nodes of deleted runs (and the stale
@@ -958,12 +1012,33 @@ class Core:
         for node in mutation_batch.commit(view, make_node=make_node):
             self._cancel_on_worker(node, "pruned")
 
-    def _settle(self, run: Run, kind: str, data: Any) -> None:
-        self.records.append(Record(run, kind, data))
+    def _settle(self, run: Run, decision: Decision) -> None:
+        self.records.append(Record(run, decision))
         if run.unfinished == 0 and run.state is RunState.RUNNING:
             run.state = run.end_state()
             run.ended_at = self.now
-            self.records.append(Record(run, "ended", run.state))
+            self.records.append(Record(run, RunEnded(run.state)))
+
+
+def _resolve(limits: RunLimits | None, default: RunLimits) -> RunLimits:
+    """A run's limits: what was asked, the default for what was not (None, or a zero)."""
+    if limits is None:
+        return default
+    if limits.max_nodes and limits.max_spawn_depth:
+        return limits
+    return RunLimits(
+        limits.max_nodes or default.max_nodes, limits.max_spawn_depth or default.max_spawn_depth
+    )
+
+
+def _with_default_ids(specs: Sequence[NodeSpec]) -> Sequence[NodeSpec]:
+    """Nodes submitted without an id get `n<position>` (1-based)."""
+    for spec in specs:
+        if not spec.id:
+            break
+    else:
+        return specs
+    return [s if s.id else replace(s, id=f"n{i}") for i, s in enumerate(specs, 1)]
 
 
 def _check_graph(specs: Sequence[NodeSpec], limits: RunLimits) -> None:

@@ -143,6 +143,8 @@ def _check_scheduler(core: Core) -> None:
             _fail(f"{run.run_id}: {run.entries} entries counted, {entries.get(id(run), 0)} held")
         for node in run.nodes.values():
             if node.state is not NodeState.READY:
+                if node.queued:
+                    _fail(f"{node.id} is queued (token {node.queued}) in state {node.state.name}")
                 continue
             if node.queued:
                 if queued.get(node.queued) is not node:
@@ -169,6 +171,26 @@ def _check_scheduler(core: Core) -> None:
             if id(node) in holder:
                 _fail(f"{node.id} is held by {holder[id(node)]} and {session_id}")
             holder[id(node)] = session_id
+        # Free slots: a session is offered work while it is hungry, so one with a free slot
+        # that is not (and is not draining) would never be given any again.
+        hungry = session_id in core._hungry
+        if session.draining and hungry:
+            _fail(f"{session_id} is draining and still offered work")
+        if not session.draining and len(session.in_flight) < session.slots and not hungry:
+            _fail(
+                f"{session_id} has {session.slots - len(session.in_flight)} free slots and is "
+                "not offered work"
+            )
+        # The queues it may take from: every one it matches, once each.
+        keys = session.queue_keys
+        if len(set(keys)) != len(keys):
+            _fail(f"{session_id} lists a ready queue twice")
+        matching = {key for key in core._queues if session.matches(key)}
+        if set(keys) != matching:
+            _fail(f"{session_id} takes from queues {sorted(keys)}, it matches {sorted(matching)}")
+    for session_id in core._hungry:
+        if session_id not in core.sessions:
+            _fail(f"{session_id} is offered work and gone")
 
 
 def _check_acyclic(nodes: dict[str, Node]) -> None:

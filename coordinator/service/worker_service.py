@@ -1,4 +1,8 @@
-"""`WorkerService.Connect`: one bidirectional stream per worker (docs/protocol.md)."""
+"""`WorkerService.Connect`: one bidirectional stream per worker (docs/protocol.md).
+
+A reader task decodes what the worker sends into the runtime's terms and hands it over; the
+stream's own task writes what the runtime queued on the session's link, framed by
+`protocol.take_messages`."""
 
 from __future__ import annotations
 
@@ -13,8 +17,11 @@ import grpc
 from hivegrid.v1 import worker_pb2 as wpb
 from hivegrid.v1 import worker_pb2_grpc
 
-from ..limits import LimitExceeded
-from ..runtime import MAX_BATCH, PROTOCOL_VERSION, Link, Runtime, judge_results
+from ..core import ReportProgress
+from ..limits import LimitExceeded, check_hello
+from ..runtime import Link, Runtime
+from . import convert
+from .protocol import MAX_BATCH, PROTOCOL_VERSION, judge_results, take_messages
 
 log = logging.getLogger("hivegrid.service.worker")
 
@@ -68,7 +75,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             await context.write(_refuse(problem))
             return
         try:
-            link, kept = runtime.open_session(first.hello)
+            check_hello(first.hello, runtime.limits)
+            link, kept = runtime.open_session(convert.hello_from_pb(first.hello))
         except LimitExceeded as exc:
             await context.write(_refuse(str(exc)))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -90,7 +98,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     session_timeout_s=runtime.session_timeout_s,
                     max_message_bytes=limits.max_message_bytes,
                     max_batch=MAX_BATCH,
-                    held=kept,
+                    held=[convert.ref_to_pb(r) for r in kept],
                     max_result_bytes=limits.max_result_bytes,
                     max_progress_bytes=limits.max_progress_bytes,
                     max_progress_per_s=limits.max_progress_per_s,
@@ -102,6 +110,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         )
         reader = asyncio.create_task(self._read(context, link))
         reason = "stream closed"
+        max_bytes = limits.max_message_bytes
         heartbeat = runtime.heartbeat_interval_s
         loop = asyncio.get_running_loop()
         # One timer per stream wakes the writer often enough to heartbeat; waiting on the wake
@@ -117,7 +126,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         try:
             last_sent = time.monotonic()
             while True:
-                messages = link.take_messages()
+                messages = take_messages(link, max_bytes)
                 if messages:
                     # A write that does not end is a worker that does not read: the reaper
                     # cuts the stream off once it has lasted a session timeout.
@@ -181,17 +190,25 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     if sum(len(r.mutations) for r in items) > _JUDGE_IN_THREAD:
                         # Checking and converting a large batch takes a while (10,000 spawns:
                         # 0.15 s); it needs no state, so it is done off the event loop.
-                        judged = await asyncio.to_thread(judge_results, items, runtime.limits)
-                        runtime.on_results(link, items, judged)
+                        answers = await asyncio.to_thread(judge_results, items, runtime.limits)
                     else:
-                        runtime.on_results(link, items)
+                        answers = judge_results(items, runtime.limits)
+                    runtime.on_results(link, answers)
                     if link.unacked >= link.max_unacked:
                         # Backpressure: read nothing more until the worker has read its acks.
                         link.readable.clear()
                         if link.unacked >= link.max_unacked:
                             await link.readable.wait()
                 elif kind == "progress":
-                    runtime.on_progress(link, msg.progress.items)
+                    runtime.on_progress(
+                        link,
+                        [
+                            ReportProgress(
+                                p.ref.run_id, p.ref.node_id, p.ref.attempt, p.ref.lease, p.data
+                            )
+                            for p in msg.progress.items
+                        ],
+                    )
                 elif kind == "drain":
                     runtime.on_drain(link)
                 elif kind == "hello":

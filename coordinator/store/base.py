@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-# Bumped when the layout changes incompatibly; a newer file is refused, never misread.
-SCHEMA_VERSION = 3
+# Bumped when the layout, or the format of what the coordinator keeps in it, changes
+# incompatibly; a newer file is refused, never misread. 4: log records are LogRecords.
+SCHEMA_VERSION = 4
 
 Row = tuple[str, int, bytes]
 

@@ -10,11 +10,12 @@ later `open` bumped the epoch (fencing, should the lock be bypassed, e.g. on a n
 filesystem). A clean `close` checkpoints the WAL into the main file, so that file alone is a
 complete copy; `backup` copies a live store consistently.
 
-Layout (schema 3):
+Layout (schema 4, the same tables as schema 3):
 - `meta`: schema_version, epoch, and position (the highest log position ever used, written
   when rows are purged so that positions never repeat).
-- `batches`: one row per run per commit, holding that commit's events of the run as an
-  `EventBatch` with the seq range it covers; the row id is the log position.
+- `batches`: one row per run per commit, holding that commit's records of the run as an
+  `EventBatch` with the seq range it covers; the row id is the log position. The store never
+  reads the records (coordinator/records.py does).
 - `snapshots` (position, chunks, bytes) and `snapshot_chunks` (position, idx, crc, data): the
   newest two snapshots, each a sequence of chunks with a CRC-32 each.
 - `deleted_runs` (run_id, position, purged): tombstones. A run's batches at or before
@@ -24,7 +25,11 @@ Layout (schema 3):
   when that happens, so the two never mix).
 
 Schema 1 had a row per event, which cost more than the events did (1.7 us a row); schema 2 had a
-single-blob snapshot. Older files are migrated in place (1 -> 2 -> 3) in one transaction.
+single-blob snapshot; schema 3 rows held hivegrid.v1.RunEvent messages, schema 4 rows hold
+hivegrid.storage.v1.LogRecord messages (and the rows a schema 3 file had, kept as they are: the
+record codec reads both forms, row by row). The number keeps an older coordinator, which would
+misread a LogRecord, from opening a schema 4 file. Older files are migrated in place
+(1 -> 2 -> 3 -> 4) in one transaction.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from .base import SCHEMA_VERSION, Row, StoreError
 
 log = logging.getLogger("hivegrid.store")
 
-_SCHEMA_3 = (
+_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS batches (
       id INTEGER PRIMARY KEY,
@@ -83,8 +88,8 @@ _SCHEMA_3 = (
 # Schema 1 -> 2: every event row becomes a batch of one and keeps its id (snapshot positions
 # are ids). Schema 1's snapshots table is schema 2's.
 _MIGRATE_FROM_1 = (
-    _SCHEMA_3[1],
-    _SCHEMA_3[2],
+    _SCHEMA[1],
+    _SCHEMA[2],
     "INSERT INTO batches (id, run_id, first_seq, last_seq, data) "
     "SELECT id, run_id, seq, seq, hivegrid_batch_of_one(data) FROM events ORDER BY id",
     "DROP TABLE events",
@@ -94,7 +99,7 @@ _MIGRATE_FROM_1 = (
 # Schema 2 -> 3: a single-blob snapshot becomes a snapshot of one chunk; tombstones are new.
 _MIGRATE_FROM_2 = (
     "ALTER TABLE snapshots RENAME TO snapshots_v2",
-    *_SCHEMA_3[3:],
+    *_SCHEMA[3:],
     "INSERT INTO snapshot_chunks (position, idx, crc, data) "
     "SELECT position, 0, hivegrid_crc32(data), data FROM snapshots_v2",
     "INSERT INTO snapshots (position, chunks, bytes) "
@@ -102,6 +107,9 @@ _MIGRATE_FROM_2 = (
     "DROP TABLE snapshots_v2",
     "UPDATE meta SET value='3' WHERE key='schema_version'",
 )
+
+# Schema 3 -> 4: the record format changed, not the tables; old rows stay as they are.
+_MIGRATE_FROM_3 = ("UPDATE meta SET value='4' WHERE key='schema_version'",)
 
 _INSERT_BATCH = "INSERT INTO batches (id, run_id, first_seq, last_seq, data) VALUES (?, ?, ?, ?, ?)"
 _REPLAY = (
@@ -230,12 +238,14 @@ class SqliteStore:
             if version is None:
                 if "meta" in tables:
                     raise StoreError(f"{self.path} has no schema version")
-                statements += _SCHEMA_3
+                statements += _SCHEMA
                 statements.append(f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}')")
             if version == 1:
                 statements += _MIGRATE_FROM_1
             if version in (1, 2):
                 statements += _MIGRATE_FROM_2
+            if version in (1, 2, 3):
+                statements += _MIGRATE_FROM_3
             conn.create_function(
                 "hivegrid_batch_of_one",
                 1,

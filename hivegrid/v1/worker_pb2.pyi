@@ -46,7 +46,9 @@ class _ProtocolConstantEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Prot
     together share one Results message while others still run (docs/protocol.md, "Batching").
     """
     PROTOCOL_CONSTANT_RECONNECT_FIRST_MS: _ProtocolConstant.ValueType  # 50
-    """Reconnect backoff: the first delay and the most, in milliseconds (full jitter)."""
+    """Reconnect backoff: the first delay and the most, in milliseconds; each wait is drawn
+    between half the current delay and all of it, and the delay doubles up to the most.
+    """
     PROTOCOL_CONSTANT_RECONNECT_MAX_MS: _ProtocolConstant.ValueType  # 1000
 
 class ProtocolConstant(_ProtocolConstant, metaclass=_ProtocolConstantEnumTypeWrapper):
@@ -75,7 +77,9 @@ PROTOCOL_CONSTANT_BATCH_WINDOW_US: ProtocolConstant.ValueType  # 200
 together share one Results message while others still run (docs/protocol.md, "Batching").
 """
 PROTOCOL_CONSTANT_RECONNECT_FIRST_MS: ProtocolConstant.ValueType  # 50
-"""Reconnect backoff: the first delay and the most, in milliseconds (full jitter)."""
+"""Reconnect backoff: the first delay and the most, in milliseconds; each wait is drawn
+between half the current delay and all of it, and the delay doubles up to the most.
+"""
 PROTOCOL_CONSTANT_RECONNECT_MAX_MS: ProtocolConstant.ValueType  # 1000
 Global___ProtocolConstant: _TypeAlias = ProtocolConstant  # noqa: Y015
 

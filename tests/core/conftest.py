@@ -3,7 +3,8 @@
 `Driver` wraps one core and one run. Every call passes the driver's `now` into the core, drains
 the outbox into `log` (records, with the time they were made), `assignments` and `cancels`, and
 runs `validate(core)` afterwards, so every test checks every invariant after every step.
-`replay()` rebuilds a core from a driver's log the way the runtime recovers after a crash.
+`replay()` rebuilds a core from a driver's log the way the runtime recovers after a crash: each
+logged decision through `Core.replay`, the same path the runtime takes.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ import pytest
 
 from hivegrid.coordinator.core import (
     AckStatus,
+    Answer,
     Assignment,
+    AttemptRef,
     CancelOrder,
+    CancelRun,
     Core,
+    MutateRun,
     Mutation,
     NodeError,
     NodeSpec,
     NodeState,
+    OpenSession,
     Outcome,
     Record,
+    ReportProgress,
     RetryPolicy,
     RunLimits,
     RunState,
+    SubmitRun,
     validate,
 )
 from hivegrid.coordinator.core import graph as graph_module
@@ -66,7 +74,7 @@ class Driver:
         self.cancels: list[CancelOrder] = []
         self._sessions = 0
         # Refs the last open() kept.
-        self.kept: list[tuple[str, str, int, int]] = []
+        self.kept: list[AttemptRef] = []
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -129,10 +137,7 @@ class Driver:
     ) -> list[Record]:
         run_id = run_id or self.run_id
         self.run_id = run_id
-        payload = {"specs": list(specs), "limits": limits, "seed": seed}
-        self.core.submit_run(
-            run_id, specs, limits=limits, name="t", seed=seed, now=self.now, payload=payload
-        )
+        self.core.submit_run(SubmitRun(run_id, tuple(specs), limits, "t", seed), now=self.now)
         return self._drain()
 
     def open(
@@ -141,19 +146,15 @@ class Driver:
         *,
         agents: Iterable[str] = (AGENT,),
         labels: dict[str, str] | None = None,
-        held: Iterable[tuple[str, str, int, int]] = (),
+        held: Iterable[AttemptRef | tuple[str, str, int, int]] = (),
         session_id: str | None = None,
     ) -> str:
         if session_id is None:
             self._sessions += 1
             session_id = f"s{self._sessions}"
+        refs = tuple(r if isinstance(r, AttemptRef) else AttemptRef(*r) for r in held)
         self.kept = self.core.open_session(
-            session_id,
-            worker_name=f"w-{session_id}",
-            agents=agents,
-            labels=labels or {},
-            slots=slots,
-            held=held,
+            OpenSession(session_id, f"w-{session_id}", tuple(agents), labels or {}, slots, refs),
             now=self.now,
         )
         self._drain()
@@ -167,7 +168,7 @@ class Driver:
         return self.assignments[before:]
 
     def dispatch_one(self, node_id: str) -> Assignment:
-        got = [a for a in self.dispatch() if a.node.id == node_id]
+        got = [a for a in self.dispatch() if a.node_id == node_id]
         assert len(got) == 1, f"{node_id} was not dispatched"
         return got[0]
 
@@ -182,31 +183,10 @@ class Driver:
         session_id: str | None = None,
     ) -> tuple[AckStatus, str]:
         sid = a.session_id if session_id is None else session_id
-        node_id = a.node.id
-        run_id = a.node.run.run_id
-        payload = {
-            "run_id": run_id,
-            "node_id": node_id,
-            "attempt": a.attempt,
-            "lease": a.lease,
-            "outcome": outcome,
-            "result": result,
-            "error": error,
-            "mutations": tuple(mutations),
-        }
-        got = self.core.finish_attempt(
-            sid,
-            run_id,
-            node_id,
-            a.attempt,
-            a.lease,
-            outcome,
-            result=result,
-            error=error,
-            mutations=mutations,
-            now=self.now,
-            payload=payload,
+        answer = Answer(
+            a.run_id, a.node_id, a.attempt, a.lease, outcome, result, error, tuple(mutations)
         )
+        got = self.core.finish_attempt(sid, answer, now=self.now)
         self._drain()
         return got
 
@@ -227,7 +207,7 @@ class Driver:
         node = self.node(node_id)
         if node.state is NodeState.RUNNING:
             for a in reversed(self.assignments):
-                if a.node is node and a.lease == node.lease:
+                if a.node_id == node_id and a.run_id == self.run_id and a.lease == node.lease:
                     return a
         if not self.core.sessions:
             self.open(slots=100)
@@ -252,71 +232,29 @@ class Driver:
         self._drain()
 
     def mutate(self, batch: Sequence[Mutation]) -> list[Record]:
-        self.core.mutate_run(self.run_id, batch, now=self.now, payload=tuple(batch))
+        self.core.mutate_run(MutateRun(self.run_id, tuple(batch)), now=self.now)
         return self._drain()
 
     def cancel_run(self, reason: str = "user") -> RunState:
-        got = self.core.cancel_run(self.run_id, reason=reason, now=self.now, payload=reason)
+        got = self.core.cancel_run(CancelRun(self.run_id, reason), now=self.now)
         self._drain()
         return got
 
-    def progress(self, a: Assignment) -> bool:
+    def progress(self, a: Assignment, data: bytes = b"p") -> bool:
         got = self.core.report_progress(
-            a.node.run.run_id, a.node.id, a.attempt, a.lease, now=self.now, payload="p"
+            ReportProgress(a.run_id, a.node_id, a.attempt, a.lease, data), now=self.now
         )
         self._drain()
         return got
 
 
 def replay(log: Sequence[tuple[float, Record]], *, now: float) -> Core:
-    """A fresh core fed the records the way the runtime recovers: stimuli through the same
-    methods, logged dispatches through `replay_dispatch`, then every lease expired."""
+    """A fresh core fed the logged decisions the way the runtime recovers (`Core.replay`, one
+    decision at a time, each at the time it was made), then every lease expired."""
     core = Core(lease_epoch=2)
     for t, rec in log:
-        kind, data, run_id = rec.kind, rec.data, rec.run_id
-        if kind == "submitted":
-            core.submit_run(
-                run_id,
-                data["specs"],
-                limits=data["limits"],
-                name="t",
-                seed=data["seed"],
-                now=t,
-            )
-        elif kind == "dispatched":
-            node_id, attempt, lease, _session, _worker = data
-            core.now = t
-            core.replay_dispatch(run_id, node_id, attempt, lease)
-        elif kind == "finished":
-            p = data[0]
-            core.finish_attempt(
-                "",
-                p["run_id"],
-                p["node_id"],
-                p["attempt"],
-                p["lease"],
-                p["outcome"],
-                result=p["result"],
-                error=p["error"],
-                mutations=p["mutations"],
-                now=t,
-            )
-        elif kind == "lost":
-            node_id, _attempt, lease, reason = data
-            core.lose_attempt(run_id, node_id, lease, reason=reason, now=t)
-        elif kind == "timed_out":
-            node_id, _attempt, lease = data
-            core.time_out(run_id, node_id, lease, now=t)
-        elif kind == "cancelled":
-            core.cancel_run(run_id, reason=data, now=t)
-        elif kind == "mutated":
-            core.mutate_run(run_id, data, now=t)
-        elif kind == "node_failed":
-            node_id, error = data
-            core.fail_node(run_id, node_id, error, now=t)
-        else:
-            assert kind in ("progress", "ended"), kind
-        core.take_outbox()
+        core.replay(rec.run_id, rec.decision, now=t)
+        assert core.take_outbox() == ([], [], []), "a replay logs nothing again"
     core.expire_all_leases(reason="restart", now=now)
     core.take_outbox()
     validate(core)

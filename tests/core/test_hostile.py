@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,20 @@ from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,
+    Answer,
+    AttemptFinished,
+    AttemptRef,
+    CancelRun,
     Core,
     GraphError,
     InvariantError,
+    MutateRun,
     Mutation,
+    NodeDispatched,
     NodeError,
+    NodeFailed,
     NodeSpec,
+    OpenSession,
     Outcome,
     PruneSubgraph,
     RemoveNode,
@@ -32,6 +41,8 @@ from hivegrid.coordinator.core import (
     RunExists,
     RunState,
     SplitNode,
+    SubmitRun,
+    mutations_rejected,
     validate,
 )
 from hivegrid.coordinator.core import mutations as mutation_batch
@@ -98,9 +109,8 @@ def test_a_ref_with_the_right_lease_and_a_wrong_name_changes_nothing(
     ref = {"run": "r1", "node": "a", "attempt": a.attempt}
     ref[wrong] = {"run": "r2", "node": "b", "attempt": a.attempt + 1}[wrong]
     before = drv.snapshot()
-    status, _ = drv.core.finish_attempt(
-        sid, ref["run"], ref["node"], ref["attempt"], a.lease, Outcome.SUCCEEDED, now=drv.now
-    )
+    answer = Answer(ref["run"], ref["node"], ref["attempt"], a.lease, Outcome.SUCCEEDED)
+    status, _ = drv.core.finish_attempt(sid, answer, now=drv.now)
     drv.step()
     assert status is AckStatus.STALE
     assert drv.snapshot() == before
@@ -125,19 +135,12 @@ def test_a_cancelled_attempts_answer_frees_its_slot(drv: Driver) -> None:
 def test_held_ref_of_a_running_attempt_whose_session_is_gone_is_kept() -> None:
     # During a replay, before leases expire, attempts run on no live session.
     core = Core(lease_epoch=3)
-    core.submit_run("r1", [spec("a")], limits=None, name="t", seed=7, now=0)
-    core.replay_dispatch("r1", "a", 1, 99)
+    core.submit_run(SubmitRun("r1", (spec("a"),), name="t", seed=7), now=0)
+    core.replay("r1", NodeDispatched("a", 1, 99, "s-before", "w"), now=0)
     assert core.runs["r1"].nodes["a"].state is RN
-    kept = core.open_session(
-        "s9",
-        worker_name="w",
-        agents=["a"],
-        labels={},
-        slots=1,
-        held=[("r1", "a", 1, 99)],
-        now=0,
-    )
-    assert kept == [("r1", "a", 1, 99)]
+    ref = AttemptRef("r1", "a", 1, 99)
+    kept = core.open_session(OpenSession("s9", "w", ("a",), slots=1, held=(ref,)), now=0)
+    assert kept == [ref]
     assert core.runs["r1"].nodes["a"].session_id == "s9"
     validate(core)
 
@@ -147,7 +150,7 @@ def test_leases_are_drawn_from_new_lease_and_redrawn_when_unusable() -> None:
     drv = Driver(new_lease=lambda: next(draws))
     drv.submit([spec("a", retry=retry(2, initial_backoff_s=0)), spec("b")])
     drv.open(2)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     # 0 is never a lease; 5 is taken in the session already.
     assert (got["a"].lease, got["b"].lease) == (5, 7)
     drv.fail(got["a"])
@@ -271,7 +274,7 @@ def test_answered_is_restored_from_a_snapshot(drv: Driver) -> None:
     )
     validate(core)
     got = core.finish_attempt(
-        "s", run.run_id, "m", a.attempt, a.lease, Outcome.SUCCEEDED, now=drv.now
+        "s", Answer(run.run_id, "m", a.attempt, a.lease, Outcome.SUCCEEDED), now=drv.now
     )
     assert got == first
     assert core.take_outbox()[0] == []
@@ -312,20 +315,20 @@ def test_assignment_bytes_is_not_less_than_the_encoded_assignment(drv: Driver) -
     drv.succeed(drv.run_to("a"), result=b"r" * 1000)
     drv.succeed(drv.run_to("b"), result=b"")
     a = drv.run_to("ü" * 40)
-    node = a.node
+    assert a.deps == [("a", b"r" * 1000), ("b", b"")]
     msg = wpb.Assignment(
         ref=wpb.AssignmentRef(
-            run_id=drv.run_id, node_id=node.id, attempt=a.attempt, lease=2**64 - 1
+            run_id=drv.run_id, node_id=a.node_id, attempt=a.attempt, lease=2**64 - 1
         ),
-        agent=node.spec.agent,
-        input=node.spec.input,
-        timeout_s=node.spec.timeout_s,
+        agent=a.spec.agent,
+        input=a.spec.input,
+        timeout_s=a.spec.timeout_s,
         can_mutate=True,
     )
-    for dep_id, result in drv.core.assignment_deps(node):
+    for dep_id, result in a.deps:
         msg.deps.add(node_id=dep_id, result=result)
-    msg.metadata.update(node.spec.metadata)
-    assert msg.ByteSize() <= drv.core.assignment_bytes(node)
+    msg.metadata.update(a.spec.metadata)
+    assert msg.ByteSize() <= drv.core.assignment_bytes(drv.node(a.node_id))
 
 
 def big_fanin(drv: Driver, *, result_size: int) -> None:
@@ -351,7 +354,7 @@ def test_an_assignment_over_the_limit_fails_the_node_without_running_it() -> Non
     drv.open(2, agents=["a", "late"])
     # "big" is failed, and the rest still goes out in the same dispatch.
     got = drv.dispatch()
-    assert sorted(x.node.id for x in got) == ["cleanup", "small"]
+    assert sorted(x.node_id for x in got) == ["cleanup", "small"]
     size = drv.core.assignment_bytes(drv.node("big"))
     assert size > 2000
     error = NodeError(
@@ -363,13 +366,13 @@ def test_an_assignment_over_the_limit_fails_the_node_without_running_it() -> Non
     assert (big.state, big.attempt, big.error) == (FL, 0, error)
     assert (drv.state("after"), drv.state("cleanup")) == (SK, RN)
     (rec,) = [r for _, r in drv.log if r.kind == "node_failed"]
-    assert rec.data == ("big", error)
+    assert rec.decision == NodeFailed("big", error)
     assert ("big", FL) in rec.transitions and ("after", SK) in rec.transitions
     for x in got:
         drv.succeed(x)
     assert drv.run.state is RunState.FAILED
     assert kinds(r for _, r in drv.log[-2:]) == ["finished", "ended"]
-    # Replay goes through fail_node, to the same state.
+    # Replay fails it the same way, to the same state.
     restored = replay(drv.log, now=drv.now)
     assert node_facts(restored) == node_facts(drv.core)
 
@@ -387,7 +390,7 @@ def test_an_assignment_within_the_limit_goes_out() -> None:
     drv = Driver(max_assignment_bytes=10_000)
     big_fanin(drv, result_size=2000)
     drv.open(4, agents=["a", "late"])
-    assert sorted(x.node.id for x in drv.dispatch()) == ["big", "small"]
+    assert sorted(x.node_id for x in drv.dispatch()) == ["big", "small"]
 
 
 def test_a_lost_attempt_of_a_too_large_node_is_closed() -> None:
@@ -429,7 +432,7 @@ def test_no_size_is_computed_without_a_limit(drv: Driver, monkeypatch: pytest.Mo
 def chain(n: int, *, tail: list[NodeSpec] | None = None) -> Core:
     core = Core(lease_epoch=1)
     specs = [spec("c0")] + [spec(f"c{i}", f"c{i - 1}") for i in range(1, n)]
-    core.submit_run("r", specs + (tail or []), limits=None, name="", seed=1, now=0)
+    core.submit_run(SubmitRun("r", (*specs, *(tail or []))), now=0)
     return core
 
 
@@ -446,11 +449,11 @@ def test_edges_at_the_end_of_a_long_chain_visit_only_what_they_reach() -> None:
     batch += [AddEdge(f"x{i}", f"x{i + 1}") for i in range(199)]
     view = mutation_batch.play(run, batch, None)
     assert view.cycle_check_visited == 200
-    core.mutate_run("r", batch, now=0)
+    core.mutate_run(MutateRun("r", tuple(batch)), now=0)
     assert run.nodes["x199"].waiting == 2
     # And closing the loop is found, naming an edge the batch added.
     with pytest.raises(GraphError, match=r"the batch creates a cycle through 'x\d+' and 'c1'"):
-        core.mutate_run("r", [AddEdge("x199", "c1")], now=0)
+        core.mutate_run(MutateRun("r", (AddEdge("x199", "c1"),)), now=0)
 
 
 def test_a_spawn_does_not_walk_the_actors_ancestry() -> None:
@@ -490,7 +493,7 @@ def test_dependents_in_a_batch_come_from_an_index_not_a_scan() -> None:
     n = 2_000
     core = Core(lease_epoch=1)
     specs = [spec(f"a{i}", agent="slow") for i in range(n)] + [spec(f"b{i}") for i in range(n)]
-    core.submit_run("r", specs, limits=None, name="", seed=1, now=0)
+    core.submit_run(SubmitRun("r", tuple(specs)), now=0)
     view = mutation_batch._View(core.runs["r"], None)
     view.deps = CountingDict()
     CountingDict.scans = 0
@@ -589,7 +592,7 @@ def test_nothing_of_a_deleted_run_fires_later(drv: Driver) -> None:
         ]
     )
     sid = drv.open(2)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     drv.fail(got["w"])  # waits out a backoff until 500
     drv.cancel_run()
     core = drv.core
@@ -598,14 +601,14 @@ def test_nothing_of_a_deleted_run_fires_later(drv: Driver) -> None:
     # Its timers and queue entries are swept (they were all there was).
     assert core._timers == [] and core._queued == 0
     validate(core)
-    core.open_session("s9", worker_name="w", agents=["a", "later"], labels={}, slots=5, now=0)
+    core.open_session(OpenSession("s9", "w", ("a", "later"), slots=5), now=0)
     core.advance(10_000)
     core.dispatch()
     assert core.take_outbox() == ([], [], [])
     # The worker acknowledging the cancel of the deleted run's attempt gets its slot back.
     t = got["t"]
     status, _ = core.finish_attempt(
-        sid, "r1", "t", t.attempt, t.lease, Outcome.CANCELLED, now=10_000
+        sid, Answer("r1", "t", t.attempt, t.lease, Outcome.CANCELLED), now=10_000
     )
     assert status is AckStatus.STALE
     assert core.sessions[sid].in_flight == {}
@@ -622,12 +625,10 @@ def test_deleting_many_runs_sweeps_in_bulk(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(scheduler_module.Core, "_sweep", counting)
     core = Core(lease_epoch=1)
-    core.submit_run(
-        "live", [spec(f"n{i}") for i in range(1_000)], limits=None, name="", seed=1, now=0
-    )
+    core.submit_run(SubmitRun("live", tuple(spec(f"n{i}") for i in range(1_000))), now=0)
     for r in range(3_000):
-        core.submit_run(f"r{r}", [spec("a")], limits=None, name="", seed=1, now=0)
-        core.cancel_run(f"r{r}", reason="x", now=0)
+        core.submit_run(SubmitRun(f"r{r}", (spec("a"),)), now=0)
+        core.cancel_run(CancelRun(f"r{r}", "x"), now=0)
     for r in range(3_000):
         core.delete_run(f"r{r}")
     validate(core)
@@ -639,28 +640,27 @@ def test_deleting_many_runs_sweeps_in_bulk(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_request_ids(drv: Driver) -> None:
     core = drv.core
-    core.submit_run("r1", [spec("a")], limits=None, name="", seed=1, now=0, request_id="q1")
+    core.submit_run(SubmitRun("r1", (spec("a"),), request_id="q1"), now=0)
     assert core.run_for_request("q1") == "r1"
     assert core.run_for_request("") is None and core.run_for_request("q2") is None
     assert core.runs["r1"].request_id == "q1"
     # A taken run id is RunExists (a GraphError), as is a request id that made a live run.
     with pytest.raises(RunExists, match=r"^run 'r1' already exists$"):
-        core.submit_run("r1", [spec("a")], limits=None, name="", seed=1, now=0)
+        core.submit_run(SubmitRun("r1", (spec("a"),)), now=0)
     assert issubclass(RunExists, GraphError)
-    prepared = core.prepare_run("r2", [spec("a")], limits=None, name="", seed=1, now=0)
+    # Prepared while "q1" made nothing yet, installed after it made r1.
+    prepared = core.prepare_run(SubmitRun("r2", (spec("a"),), request_id="q1"), now=0)
     with pytest.raises(RunExists, match="q1"):
-        core.install_run(prepared, now=0, request_id="q1")
+        core.install_run(prepared, now=0)
     assert "r2" not in core.runs
-    prepared = core.prepare_run(
-        "r2", [spec("a")], limits=None, name="", seed=1, now=0, request_id="q2"
-    )
+    prepared = core.prepare_run(SubmitRun("r2", (spec("a"),), request_id="q2"), now=0)
     core.install_run(prepared, now=0)
     assert core.run_for_request("q2") == "r2"
     validate(core)
-    core.cancel_run("r1", reason="x", now=0)
+    core.cancel_run(CancelRun("r1", "x"), now=0)
     core.delete_run("r1")
     assert core.run_for_request("q1") is None
-    core.submit_run("r3", [spec("a")], limits=None, name="", seed=1, now=0, request_id="q1")
+    core.submit_run(SubmitRun("r3", (spec("a"),), request_id="q1"), now=0)
     assert core.run_for_request("q1") == "r3"
     core.restore_run(
         "r4",
@@ -692,9 +692,9 @@ def scheduled(drv: Driver) -> None:
             spec("back", retry=retry(2, initial_backoff_s=100)),
         ]
     )
-    drv.core.submit_run("r0", [spec("x")], limits=None, name="", seed=1, now=0, request_id="q")
+    drv.core.submit_run(SubmitRun("r0", (spec("x"),), request_id="q"), now=0)
     drv.open(3)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     assert set(got) == {"run", "run2", "back"}
     drv.open(2, session_id="s2")
     drv.fail(got["back"])
@@ -731,12 +731,21 @@ SCHEDULER_DAMAGE: dict[str, Callable[[Driver], object]] = {
     "running_closed": lambda drv: setattr(drv.node("run"), "open", False),
     "answered_and_open": lambda drv: setattr(drv.node("run"), "answered", 1),
     "request_id_lost": lambda drv: setattr(drv.core.runs["r0"], "request_id", "q9"),
+    # A token with no entry behind it, on a node that is not READY.
+    "queued_token_while_running": lambda drv: setattr(drv.node("run"), "queued", 99),
+    # Free slots: a session with room is offered work, a draining or gone one is not.
+    "free_slots_not_offered": lambda drv: drv.core._hungry.discard("s2"),
+    "draining_and_offered": lambda drv: setattr(drv.core.sessions["s2"], "draining", True),
+    "gone_and_offered": lambda drv: drv.core._hungry.add("zz"),
+    "queue_not_listed": lambda drv: drv.core.sessions["s2"].queue_keys.clear(),
+    "queue_listed_twice": lambda drv: drv.core.sessions["s2"].queue_keys.append(("a", ())),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULER_DAMAGE))
 def test_validate_catches_scheduler_damage(name: str, drv: Driver) -> None:
     scheduled(drv)
+    assert drv.core._hungry == {"s1", "s2"}
     SCHEDULER_DAMAGE[name](drv)
     with pytest.raises(InvariantError):
         validate(drv.core)
@@ -744,10 +753,10 @@ def test_validate_catches_scheduler_damage(name: str, drv: Driver) -> None:
 
 def test_validate_raises_under_python_O() -> None:
     code = (
-        "from coordinator.core import Core, InvariantError, NodeSpec, validate\n"
+        "from hivegrid.coordinator.core import Core, InvariantError, NodeSpec, SubmitRun\n"
+        "from hivegrid.coordinator.core import validate\n"
         "core = Core(lease_epoch=1)\n"
-        "core.submit_run('r', [NodeSpec(id='a', agent='x')], limits=None, name='', seed=1,"
-        " now=0)\n"
+        "core.submit_run(SubmitRun('r', (NodeSpec(id='a', agent='x'),)), now=0)\n"
         "core.runs['r'].unfinished = 7\n"
         "try:\n"
         "    validate(core)\n"
@@ -778,17 +787,17 @@ def test_a_rejected_batch_replayed_as_a_plain_failure_gives_the_same_state(
     assert status is AckStatus.MUTATIONS_REJECTED
     live = drv.node("m")
     assert live.error == NodeError(f"mutations rejected: {rejection}", True, "mutation_rejected")
-    # The log as the runtime now writes it: a plain failure with that error, no mutations.
+    # The log keeps the failure it became: no result, no mutations, the rejection as its error.
+    (finished,) = [r.decision for _, r in drv.log if r.kind == "finished"]
+    assert isinstance(finished, AttemptFinished) and finished.rejection == rejection
+    assert finished.answer == Answer(
+        "r1", "m", a.attempt, a.lease, Outcome.FAILED, error=mutations_rejected(rejection)
+    )
+    # An older log kept the rejection only in the error, as a plain failure: the same replay.
     log = []
     for t, rec in drv.log:
-        if rec.kind == "finished" and rec.data[1]:
-            payload = dict(rec.data[0])
-            payload.update(
-                outcome=Outcome.FAILED,
-                error=NodeError(f"mutations rejected: {rejection}", True, "mutation_rejected"),
-                mutations=(),
-            )
-            rec = scheduler_module.Record(drv.run, "finished", (payload, ""))
+        if rec.kind == "finished":
+            rec = scheduler_module.Record(drv.run, AttemptFinished(finished.answer))
         log.append((t, rec))
     as_failure = replay(log, now=drv.now)
     as_rejection = replay(drv.log, now=drv.now)
@@ -801,7 +810,7 @@ def test_a_rejected_batch_replayed_as_a_plain_failure_gives_the_same_state(
     assert as_failure.runs["r1"].rng_state == drv.run.rng_state
     # A worker resending the answer after the restart gets the rejection again.
     got = as_failure.finish_attempt(
-        "s", "r1", "m", a.attempt, a.lease, Outcome.SUCCEEDED, now=drv.now
+        "s", Answer("r1", "m", a.attempt, a.lease, Outcome.SUCCEEDED), now=drv.now
     )
     assert got == (AckStatus.MUTATIONS_REJECTED, rejection)
 
@@ -832,3 +841,8 @@ def test_record_kinds_stay_within_the_contract() -> None:
     seen = set(kinds(r for _, r in drv.log))
     assert seen <= contract
     assert {"node_failed", "lost", "progress", "ended"} <= seen
+    # Every decision is a value: frozen, so the log codec and watchers may share it.
+    for _, rec in drv.log:
+        first = fields(rec.decision)[0].name
+        with pytest.raises(FrozenInstanceError):
+            setattr(rec.decision, first, None)

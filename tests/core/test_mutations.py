@@ -33,7 +33,7 @@ from .conftest import CX, FL, OK, RD, RN, SK, SP, Driver, P, kinds, retry, spec,
 
 
 def ids(assignments: Sequence[Assignment]) -> list[str]:
-    return [a.node.id for a in assignments]
+    return [a.node_id for a in assignments]
 
 
 # --- effects on readiness ----------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_modify_priority_of_a_ready_node_reorders_the_queue(drv: Driver) -> None
     order = []
     for _ in range(3):
         (a,) = drv.dispatch()
-        order.append(a.node.id)
+        order.append(a.node_id)
         drv.succeed(a)
     assert order == ["b", "a", "c"]
 
@@ -170,7 +170,7 @@ def test_split_node_rewires_dependents_onto_replacements(drv: Driver) -> None:
     assert sorted(drv.node("a").dependents) == ["s1", "s2", "s3"]
     drv.open(8, agents=["a", "slow"])
     drv.succeed(drv.dispatch_one("a"))
-    got = {a.node.id: a for a in drv.dispatch()}
+    got = {a.node_id: a for a in drv.dispatch()}
     assert sorted(got) == ["s1", "s2", "s3"]
     drv.succeed(got["s1"])
     drv.succeed(got["s2"])
@@ -224,7 +224,7 @@ def test_prune_cancels_subtree_and_running_nodes_get_cancel_orders(drv: Driver) 
         ]
     )
     sid = drv.open(8)
-    got = {a.node.id: a for a in drv.dispatch()}
+    got = {a.node_id: a for a in drv.dispatch()}
     assert sorted(got) == ["b", "other", "r"]
     drv.mutate([PruneSubgraph("r")])
     assert {i: drv.state(i) for i in ("r", "c", "d")} == {"r": CX, "c": CX, "d": CX}
@@ -456,7 +456,7 @@ def test_node_batch_rejected_fails_the_attempt_and_retries(name: str, drv: Drive
     assert message in m.error.message
     assert m.result == b""
     (rec,) = drv.log[-1:]
-    assert rec[1].kind == "finished" and rec[1].data[1] == message
+    assert rec[1].kind == "finished" and rec[1].decision.rejection == message
     assert rec[1].transitions == [("m", RD)]
 
 

@@ -190,10 +190,10 @@ class Cluster:
         return self.drv.answer(a, outcome, session_id=sid, **kw)[0]
 
     def open(self, slots: int, agents: list[str], held: list[Assignment]) -> None:
-        refs = [(a.node.run.run_id, a.node.id, a.attempt, a.lease) for a in held]
+        refs = [(a.run_id, a.node_id, a.attempt, a.lease) for a in held]
         sid = self.drv.open(slots, agents=agents, held=refs)
-        for _run, _node, _attempt, lease in self.drv.kept:
-            self.owner[lease] = sid
+        for ref in self.drv.kept:
+            self.owner[ref.lease] = sid
 
     def finish(self) -> None:
         """Workers with every agent answer everything with success until the run ends."""
@@ -215,8 +215,8 @@ class Cluster:
                 self.open(8, list(AGENTS), [])
             drv.dispatch()
             for a in self.unanswered():
-                node = drv.run.nodes.get(a.node.id)
-                current = node is a.node and node.lease == a.lease
+                node = drv.run.nodes.get(a.node_id)
+                current = node is not None and node.lease == a.lease
                 self.answer(a, Outcome.SUCCEEDED if current else Outcome.CANCELLED)
             drv.advance(drv.now + 50)
             quiet = 0 if len(drv.log) > logged else quiet + 1

@@ -6,6 +6,7 @@ import pytest
 
 from hivegrid.coordinator.core import (
     AckStatus,
+    AttemptTimedOut,
     NodeError,
     NodeState,
     Outcome,
@@ -152,7 +153,7 @@ def test_timeout_cancels_on_worker_and_retries(drv: Driver) -> None:
     assert (node.state, node.error.kind, node.failures) == (RD, "timeout", 1)
     (rec,) = drv.log[-1:]
     assert rec[1].kind == "timed_out"
-    assert rec[1].data == ("a", 1, a1.lease)
+    assert rec[1].decision == AttemptTimedOut("a", 1, a1.lease)
     assert rec[1].transitions == [("a", RD)]
     # The slot stays taken until the worker answers the cancel.
     drv.advance(5.5)
@@ -194,7 +195,9 @@ def test_no_timeout_after_the_attempt_ended(drv: Driver) -> None:
 def test_timeout_of_a_node_whose_worker_is_gone_orders_no_cancel(drv: Driver) -> None:
     drv.submit([spec("a", timeout_s=5, retry=retry(2))])
     drv.run_to("a")
-    drv.core.sessions.clear()  # as after a restart: the lease outlived its session
+    # As after a restart: the lease outlived its session.
+    drv.core.sessions.clear()
+    drv.core._hungry.clear()
     drv.advance(5)
     assert drv.state("a") is RD and drv.cancels == []
 

@@ -9,6 +9,7 @@ from hivegrid.coordinator.core import (
     AckStatus,
     AddEdge,
     AddNode,
+    CancelRun,
     ConfirmSpeculative,
     Core,
     DiscardSpeculative,
@@ -16,14 +17,18 @@ from hivegrid.coordinator.core import (
     InjectBefore,
     MarkSpeculative,
     ModifyNode,
+    NodeDispatched,
     NodeSpec,
     NodeState,
     PruneSubgraph,
     RemoveEdge,
     RetryPolicy,
+    RunCancelled,
+    RunEnded,
     RunLimits,
     RunState,
     SplitNode,
+    SubmitRun,
 )
 
 from .conftest import (
@@ -57,6 +62,16 @@ def test_submit_makes_nodes_without_deps_ready(drv: Driver) -> None:
     assert drv.run.state is RunState.RUNNING
 
 
+def test_nodes_without_an_id_get_their_position(drv: Driver) -> None:
+    (rec,) = drv.submit([spec(""), spec("b", "n1"), spec("", "b")])
+    assert list(drv.run.nodes) == ["n1", "b", "n3"]
+    assert drv.node("n3").deps == ["b"]
+    # The log keeps the run as submitted: a replay fills the ids in again, the same way.
+    assert [s.id for s in rec.decision.specs] == ["", "b", ""]
+    drv.complete("n1", "b", "n3")
+    assert node_facts(replay(drv.log, now=drv.now)) == node_facts(drv.core)
+
+
 BAD_GRAPHS: dict[str, list[NodeSpec]] = {
     "empty": [],
     "duplicate": [spec("a"), spec("a")],
@@ -65,7 +80,7 @@ BAD_GRAPHS: dict[str, list[NodeSpec]] = {
     "two_cycle": [spec("a", "b"), spec("b", "a")],
     "three_cycle_behind_a_root": [spec("r"), spec("a", "r", "c"), spec("b", "a"), spec("c", "b")],
     "dep_twice": [spec("a"), spec("b", "a", "a")],
-    "empty_id": [spec("")],
+    "default_id_taken": [spec(""), spec("n1")],
     "no_agent": [spec("a", agent="")],
     "negative_timeout": [spec("a", timeout_s=-1)],
     "bad_jitter": [spec("a", retry=RetryPolicy(jitter=2.0))],
@@ -79,7 +94,7 @@ def test_bad_submission_raises_and_creates_nothing(name: str) -> None:
     core = Core(lease_epoch=1)
     with pytest.raises(GraphError):
         core.submit_run(
-            "r", BAD_GRAPHS[name], limits=RunLimits(max_nodes=2), name="", seed=1, now=0
+            SubmitRun("r", tuple(BAD_GRAPHS[name]), RunLimits(max_nodes=2), seed=1), now=0
         )
     assert core.runs == {}
     assert core.take_outbox() == ([], [], [])
@@ -109,7 +124,7 @@ def test_failure_skips_descendants_and_run_on_failure_nodes_run(drv: Driver) -> 
         ]
     )
     drv.open(8)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     drv.fail(got["a"], retryable=False)
     (_, rec) = drv.log[-1]
     assert rec.transitions == [("a", FL), ("b", SK), ("c", SK), ("cleanup", RD)]
@@ -148,7 +163,7 @@ def test_cancel_run_cancels_everything_and_orders_cancels(drv: Driver) -> None:
     drv.mutate([MarkSpeculative("e")])
     s1 = drv.open(1)
     s2 = drv.open(1)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     assert sorted(got) == ["a", "b"]
     drv.succeed(got["b"])
     assert drv.cancel_run("user asked") is RunState.CANCELLED
@@ -160,9 +175,9 @@ def test_cancel_run_cancels_everything_and_orders_cancels(drv: Driver) -> None:
     assert {s1, s2} >= {got["a"].session_id}
     records = [r for _, r in drv.log[-2:]]
     assert kinds(records) == ["cancelled", "ended"]
-    assert records[0].data == "user asked"
+    assert records[0].decision == RunCancelled("user asked")
     assert sorted(transitions_of(records)) == [("a", CX), ("c", CX), ("d", CX), ("e", CX)]
-    assert records[1].data is RunState.CANCELLED
+    assert records[1].decision == RunEnded(RunState.CANCELLED)
     # Answers after the cancel change nothing, whatever the outcome.
     logged = len(drv.log)
     assert drv.cancelled(got["a"])[0] is AckStatus.STALE
@@ -181,7 +196,7 @@ def test_cancel_of_an_ended_run_keeps_its_state(drv: Driver) -> None:
 
 def test_cancel_of_an_unknown_run_raises_keyerror(drv: Driver) -> None:
     with pytest.raises(KeyError):
-        drv.core.cancel_run("nope", reason="", now=0)
+        drv.core.cancel_run(CancelRun("nope", ""), now=0)
 
 
 # --- how a run ends ---------------------------------------------------------------------------
@@ -237,7 +252,7 @@ def test_run_end_states(script: str, end: RunState, drv: Driver) -> None:
         drv.cancel_run()
     assert drv.run.state is end
     assert drv.log[-1][1].kind == "ended"
-    assert drv.log[-1][1].data is end
+    assert drv.log[-1][1].decision == RunEnded(end)
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -252,11 +267,11 @@ def test_records_of_each_stimulus(drv: Driver) -> None:
     mark = len(drv.log)
     a = drv.dispatch_one("a")
     assert since(mark) == [("dispatched", [("a", RN)])]
-    assert drv.log[-1][1].data == ("a", 1, a.lease, sid, f"w-{sid}")
+    assert drv.log[-1][1].decision == NodeDispatched("a", 1, a.lease, sid, f"w-{sid}")
     mark = len(drv.log)
     drv.succeed(a, mutations=[AddNode(spec("x", "b"))])
     assert since(mark) == [("finished", [("x", P), ("a", OK), ("b", RD)])]
-    assert drv.log[-1][1].data[1] == ""  # no rejection
+    assert drv.log[-1][1].decision.rejection == ""
     mark = len(drv.log)
     b = drv.dispatch_one("b")
     drv.advance(2)
@@ -297,7 +312,7 @@ def busy_history(drv: Driver) -> None:
     drv.run_id = "r1"
     s1 = drv.open(3)
     drv.now = 1
-    got = {a.node.id: a for a in drv.dispatch()}
+    got = {a.node_id: a for a in drv.dispatch()}
     drv.fail(got["root"])
     drv.advance(drv.node("root").not_before)
     drv.now += 0.5
@@ -314,9 +329,9 @@ def busy_history(drv: Driver) -> None:
     drv.mutate([ConfirmSpeculative("spec"), SplitNode("kid", (spec("k1"), spec("k2")))])
     drv.succeed(got["other"])
     drv.now += 1
-    got = {a.node.id: a for a in drv.dispatch()}
+    got = {a.node_id: a for a in drv.dispatch()}
     s2 = drv.open(8)
-    got.update({a.node.id: a for a in drv.dispatch()})
+    got.update({a.node_id: a for a in drv.dispatch()})
     drv.close(s1)
     drv.succeed(got["late"], session_id="")  # late answer of a lost attempt: accepted
     drv.advance(drv.now + 5)  # t may time out
@@ -338,7 +353,8 @@ def test_replaying_the_records_rebuilds_the_same_nodes(drv: Driver) -> None:
     log = list(drv.log)
     kinds_seen = set(kinds(r for _, r in log))
     assert {"submitted", "dispatched", "finished", "lost", "timed_out", "mutated"} <= kinds_seen
-    assert any(r.kind == "finished" and r.data[1] for _, r in log), "a rejection was logged"
+    rejections = [r.decision.rejection for _, r in log if r.kind == "finished"]
+    assert any(rejections), "a rejection was logged"
     # The crash: every session goes with the coordinator; recovery replays and expires leases.
     now = drv.now + 1
     restored = replay(log, now=now)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from hivegrid.coordinator.core import AckStatus, AddNode, NodeState, Outcome, RunState
+from hivegrid.coordinator.core import (
+    AckStatus,
+    AddNode,
+    Answer,
+    AttemptLost,
+    AttemptRef,
+    NodeDispatched,
+    NodeState,
+    Outcome,
+    ProgressReported,
+    RunState,
+)
 
 from .conftest import Driver, kinds, retry, spec, transitions_of
 
@@ -18,7 +29,7 @@ def test_slots_are_never_exceeded(drv: Driver) -> None:
     drv.succeed(first[0])
     (one,) = drv.dispatch()
     assert len(drv.core.sessions[sid].in_flight) == 2
-    assert one.node.id not in {a.node.id for a in first}
+    assert one.node_id not in {a.node_id for a in first}
 
 
 def test_work_is_spread_over_sessions_within_their_slots(drv: Driver) -> None:
@@ -26,7 +37,7 @@ def test_work_is_spread_over_sessions_within_their_slots(drv: Driver) -> None:
     s1, s2 = drv.open(1), drv.open(3)
     got = drv.dispatch()
     assert sorted(a.session_id for a in got) == [s1, s2, s2, s2]
-    assert {a.node.id for a in got} <= set(drv.run.nodes)
+    assert {a.node_id for a in got} <= set(drv.run.nodes)
     assert len({a.lease for a in got}) == 4
 
 
@@ -40,10 +51,10 @@ def test_nodes_go_only_to_sessions_running_their_agent_with_matching_labels(drv:
     cpu = drv.open(4, agents=["cpu"])
     us = drv.open(4, agents=["gpu"], labels={"zone": "us"})
     (a,) = drv.dispatch()
-    assert (a.node.id, a.session_id) == ("c", cpu)
+    assert (a.node_id, a.session_id) == ("c", cpu)
     eu = drv.open(4, agents=["gpu", "cpu"], labels={"zone": "eu", "extra": "x"})
     (b,) = drv.dispatch()
-    assert (b.node.id, b.session_id) == ("g", eu)
+    assert (b.node_id, b.session_id) == ("g", eu)
     assert us in drv.core.sessions
 
 
@@ -53,7 +64,7 @@ def test_a_queue_made_after_the_session_opened_reaches_it(drv: Driver) -> None:
     drv.dispatch()
     drv.mutate([AddNode(spec("b", agent="y"))])
     (b,) = drv.dispatch()
-    assert (b.node.id, b.session_id) == ("b", sid)
+    assert (b.node_id, b.session_id) == ("b", sid)
 
 
 def test_higher_priority_first_then_submission_order(drv: Driver) -> None:
@@ -62,7 +73,7 @@ def test_higher_priority_first_then_submission_order(drv: Driver) -> None:
     order = []
     for _ in range(4):
         (a,) = drv.dispatch()
-        order.append(a.node.id)
+        order.append(a.node_id)
         drv.succeed(a)
     assert order == ["high", "mid", "low", "low2"]
 
@@ -89,7 +100,7 @@ def test_lost_session_requeues_without_spending_a_retry(drv: Driver) -> None:
         assert (node.state, node.failures, node.session_id) == (RD, 0, "")
         (_, rec) = drv.log[-1]
         assert rec.kind == "lost"
-        assert rec.data == ("a", attempt, a.lease, "stream ended")
+        assert rec.decision == AttemptLost("a", attempt, a.lease, "stream ended")
         assert rec.transitions == [("a", RD)]
     drv.open(1)
     drv.succeed(drv.dispatch_one("a"))
@@ -106,7 +117,7 @@ def test_late_answer_of_the_lost_attempt_is_accepted_while_ready(drv: Driver) ->
     assert (drv.state("a"), drv.node("a").result, drv.state("b")) == (OK, b"1", RD)
     # The queue entry the loss made is dropped: a is not dispatched again.
     drv.open(4)
-    assert [x.node.id for x in drv.dispatch()] == ["b"]
+    assert [x.node_id for x in drv.dispatch()] == ["b"]
 
 
 def test_answer_after_redispatch_is_stale(drv: Driver) -> None:
@@ -131,7 +142,7 @@ def test_unknown_refs_are_stale(drv: Driver) -> None:
     a = drv.run_to("a")
     core = drv.core
     for ref in [("nope", "a", 1, a.lease), ("r1", "nope", 1, a.lease), ("r1", "a", 2, a.lease)]:
-        status, _ = core.finish_attempt(a.session_id, *ref, Outcome.SUCCEEDED, now=0)
+        status, _ = core.finish_attempt(a.session_id, Answer(*ref, Outcome.SUCCEEDED), now=0)
         assert status is AckStatus.STALE
     assert drv.state("a") is RN
 
@@ -154,7 +165,7 @@ def test_held_refs_do_not_take_an_attempt_from_a_live_session(drv: Driver) -> No
     # told and its slot was refilled, so it ran more than its slots.
     drv.submit([spec("a"), spec("b"), spec("c")])
     s1 = drv.open(2)
-    got = {a.node.id: a for a in drv.dispatch()}
+    got = {a.node_id: a for a in drv.dispatch()}
     a = got["a"]
     logged = len(drv.log)
     s2 = drv.open(2, held=[(drv.run_id, "a", a.attempt, a.lease)])
@@ -164,15 +175,15 @@ def test_held_refs_do_not_take_an_attempt_from_a_live_session(drv: Driver) -> No
     assert drv.core.sessions[s1].in_flight[a.lease] is node
     assert drv.core.sessions[s2].in_flight == {}
     assert len(drv.log) == logged
-    assert [(x.node.id, x.session_id) for x in drv.dispatch()] == [("c", s2)]
+    assert [(x.node_id, x.session_id) for x in drv.dispatch()] == [("c", s2)]
     assert len(drv.core.sessions[s1].in_flight) == 2
     # Once s1 is gone, the attempt is the reconnected worker's to keep.
     drv.close(s1)
     s3 = drv.open(2, held=[(drv.run_id, "a", a.attempt, a.lease), (drv.run_id, "a", 9, a.lease)])
-    assert drv.kept == [(drv.run_id, "a", a.attempt, a.lease)]
+    assert drv.kept == [AttemptRef(drv.run_id, "a", a.attempt, a.lease)]
     assert (node.state, node.session_id, node.attempt, node.lease) == (RN, s3, 1, a.lease)
     (_, rec) = drv.log[-1]
-    assert (rec.kind, rec.data[:4]) == ("dispatched", ("a", 1, a.lease, s3))
+    assert rec.decision == NodeDispatched("a", 1, a.lease, s3, f"w-{s3}")
     assert drv.succeed(a, session_id=s3)[0] is AckStatus.COMMITTED
 
 
@@ -189,19 +200,19 @@ def test_held_ref_of_a_lost_attempt_is_leased_again(drv: Driver) -> None:
     # It holds the only slot, and the stale queue entry of a is not dispatched.
     assert drv.dispatch() == []
     s3 = drv.open(4)
-    assert [(x.node.id, x.session_id) for x in drv.dispatch()] == [("b", s3)]
+    assert [(x.node_id, x.session_id) for x in drv.dispatch()] == [("b", s3)]
     assert drv.succeed(a, session_id=s2)[0] is AckStatus.COMMITTED
 
 
 def test_held_refs_past_the_slots_or_stale_are_dropped(drv: Driver) -> None:
     drv.submit([spec("a"), spec("b"), spec("c")])
     s1 = drv.open(3)
-    got = {x.node.id: x for x in drv.dispatch()}
+    got = {x.node_id: x for x in drv.dispatch()}
     drv.succeed(got["c"])
     drv.close(s1)
     held = [(drv.run_id, i, got[i].attempt, got[i].lease) for i in ("a", "b", "c")]
     s2 = drv.open(1, held=held)
-    assert drv.kept == [held[0]]
+    assert drv.kept == [AttemptRef(*held[0])]
     assert drv.node("a").session_id == s2
     assert (drv.state("b"), drv.node("b").open) == (RD, True)
     assert drv.state("c") is OK
@@ -228,7 +239,7 @@ def test_progress_is_recorded_only_for_the_current_running_attempt(drv: Driver) 
     a = drv.dispatch_one("a")
     assert drv.progress(a)
     (_, rec) = drv.log[-1]
-    assert (rec.kind, rec.data, rec.transitions) == ("progress", "p", [])
+    assert (rec.decision, rec.transitions) == (ProgressReported("a", a.attempt, b"p"), [])
     drv.close(s1)
     logged = len(drv.log)
     assert not drv.progress(a)  # READY: not running any more

@@ -1,6 +1,11 @@
-"""Writes the golden event log `mixed_run.jsonl` and the state it must replay to.
+"""Writes a golden event log of the current format, `mixed_run.records.jsonl` (the store's rows,
+hivegrid.storage.v1.LogRecord as JSON), from the scenario below, and checks that the run ends as
+`mixed_run.expected.json` says.
 
-Run it only when the log format changes on purpose (and say so in the commit):
+`mixed_run.jsonl` is the same scenario as an earlier version logged it (hivegrid.v1.RunEvent,
+the format before store schema 4): it is never written again. Run this only when the record
+format changes on purpose, keeping the file it replaces as a golden of its own (and say so in
+the commit):
     .venv/bin/python -m tests.golden.make_golden
 """
 
@@ -8,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from hivegrid.coordinator.server import Coordinator
+from hivegrid.coordinator.store import SqliteStore
+from hivegrid.storage.v1.storage_pb2 import LogRecord
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
@@ -37,8 +45,8 @@ def digest(run: rpb.GetRunResponse) -> dict[str, object]:
     }
 
 
-async def scenario() -> tuple[list[rpb.RunEvent], rpb.GetRunResponse]:
-    async with Coordinator() as c:
+async def scenario(store_url: str) -> tuple[list[rpb.RunEvent], rpb.GetRunResponse]:
+    async with Coordinator(store_url=store_url) as c:
         client = Client(c.address)
         w1 = await RawWorker(c.address, agents=["echo"], slots=3, name="w1").connect()
         retry = gpb.RetryPolicy(max_attempts=3, initial_backoff_s=0.01)
@@ -95,12 +103,20 @@ async def scenario() -> tuple[list[rpb.RunEvent], rpb.GetRunResponse]:
 
 
 def main() -> None:
-    events, final = asyncio.run(scenario())
-    with open(HERE / "mixed_run.jsonl", "w") as f:
-        for event in events:
-            f.write(json_format.MessageToJson(event, indent=None, sort_keys=True) + "\n")
-    (HERE / "mixed_run.expected.json").write_text(json.dumps(digest(final), indent=1) + "\n")
-    print(f"wrote {len(events)} events")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "golden.db"
+        _, final = asyncio.run(scenario(f"sqlite:///{path}"))
+        store = SqliteStore(path)
+        store.open()
+        rows = [LogRecord.FromString(data) for data in store.replay()]
+        store.close()
+    expected = json.loads((HERE / "mixed_run.expected.json").read_text())
+    if digest(final) != expected:
+        raise SystemExit("the scenario no longer ends as mixed_run.expected.json says")
+    with open(HERE / "mixed_run.records.jsonl", "w") as f:
+        for row in rows:
+            f.write(json_format.MessageToJson(row, indent=None, sort_keys=True) + "\n")
+    print(f"wrote {len(rows)} records")
 
 
 if __name__ == "__main__":

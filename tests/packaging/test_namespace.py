@@ -79,9 +79,9 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
             copy.symlink_to(origin.readlink())
         else:
             shutil.copyfile(origin, copy)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(src)],
+        [*pip, "-w", str(tmp_path), str(src)],
         check=True,
         capture_output=True,
     )
@@ -93,6 +93,7 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
         "hivegrid/client/__init__.py",
         "hivegrid/worker/__init__.py",
         "hivegrid/coordinator/core/scheduler.py",
+        "hivegrid/coordinator/runtime/__init__.py",
         "hivegrid/v1/worker_pb2.py",
     ):
         assert module in names

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from hivegrid.coordinator import convert, snapshot
-from hivegrid.coordinator.core import Core, NodeSpec, RetryPolicy
+from hivegrid.coordinator import snapshot
+from hivegrid.coordinator.core import Core, NodeSpec, RetryPolicy, SubmitRun
+from hivegrid.coordinator.service import convert
 from hivegrid.v1 import graph_pb2 as gpb
 
 
@@ -66,7 +67,7 @@ def test_a_spec_survives_the_round_trip_through_a_snapshot() -> None:
     plain = gpb.NodeSpec(id="b", agent="echo", depends_on=["a"])
     core = Core(lease_epoch=1)
     specs = [convert.spec_from_pb(full), convert.spec_from_pb(plain)]
-    core.submit_run("r", specs, limits=None, name="", seed=1, now=0.0)
+    core.submit_run(SubmitRun(run_id="r", specs=tuple(specs), seed=1), now=0.0)
     restored = Core(lease_epoch=2)
     snapshot.load(restored, snapshot.dump(core), now=0.0)
     nodes = restored.runs["r"].nodes

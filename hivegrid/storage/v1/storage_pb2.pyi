@@ -165,8 +165,9 @@ Global___NodeSnapshot: _TypeAlias = NodeSnapshot  # noqa: Y015
 
 @_typing.final
 class EventBatch(_message.Message):
-    """One row of the SQLite event log: the events of one run that one commit wrote, in seq order
-    (serialized hivegrid.v1.RunEvent messages). A row per event cost more than the events.
+    """One row of the SQLite event log: the records of one run that one commit wrote, in seq order
+    (serialized LogRecord messages; rows written before store schema 4 hold hivegrid.v1.RunEvent
+    messages instead). A row per record cost more than the records.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -186,3 +187,385 @@ class EventBatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
+class LogRecord(_message.Message):
+    """One entry of a run's event log as the coordinator keeps it: a decision of its core, in the
+    core's terms (coordinator/core/events.py), with the node transitions it caused. Not part of
+    any API: watchers are served hivegrid.v1.RunEvent, converted from these.
+
+    Logs written before this message existed hold hivegrid.v1.RunEvent bytes. The two share
+    fields 1-3, and this message leaves RunEvent's other field numbers unused, so RunEvent bytes
+    parse as a LogRecord without a decision: that is how an old row is recognised (and then read
+    as the RunEvent it is). A LogRecord always has a decision.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SUBMITTED_FIELD_NUMBER: _builtins.int
+    DISPATCHED_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    MUTATED_FIELD_NUMBER: _builtins.int
+    NODE_FAILED_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    seq: _builtins.int
+    """Gapless, from 1, per run."""
+    time: _builtins.float
+    """Unix time, seconds."""
+    @_builtins.property
+    def submitted(self) -> Global___Submitted: ...
+    @_builtins.property
+    def dispatched(self) -> Global___Dispatched: ...
+    @_builtins.property
+    def finished(self) -> Global___Finished: ...
+    @_builtins.property
+    def lost(self) -> Global___Lost: ...
+    @_builtins.property
+    def timed_out(self) -> Global___TimedOut: ...
+    @_builtins.property
+    def progress(self) -> Global___Progress: ...
+    @_builtins.property
+    def cancelled(self) -> Global___Cancelled: ...
+    @_builtins.property
+    def mutated(self) -> Global___Mutated: ...
+    @_builtins.property
+    def node_failed(self) -> Global___NodeFailed: ...
+    @_builtins.property
+    def ended(self) -> Global___Ended: ...
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transition]: ...
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        time: _builtins.float = ...,
+        submitted: Global___Submitted | None = ...,
+        dispatched: Global___Dispatched | None = ...,
+        finished: Global___Finished | None = ...,
+        lost: Global___Lost | None = ...,
+        timed_out: Global___TimedOut | None = ...,
+        progress: Global___Progress | None = ...,
+        cancelled: Global___Cancelled | None = ...,
+        mutated: Global___Mutated | None = ...,
+        node_failed: Global___NodeFailed | None = ...,
+        ended: Global___Ended | None = ...,
+        transitions: _abc.Iterable[Global___Transition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "decision", b"decision", "dispatched", b"dispatched", "ended", b"ended", "finished", b"finished", "lost", b"lost", "mutated", b"mutated", "node_failed", b"node_failed", "progress", b"progress", "submitted", b"submitted", "timed_out", b"timed_out"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "decision", b"decision", "dispatched", b"dispatched", "ended", b"ended", "finished", b"finished", "lost", b"lost", "mutated", b"mutated", "node_failed", b"node_failed", "progress", b"progress", "run_id", b"run_id", "seq", b"seq", "submitted", b"submitted", "time", b"time", "timed_out", b"timed_out", "transitions", b"transitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_decision: _TypeAlias = _typing.Literal["submitted", "dispatched", "finished", "lost", "timed_out", "progress", "cancelled", "mutated", "node_failed", "ended"]  # noqa: Y015
+    _WhichOneofArgType_decision: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_decision) -> _WhichOneofReturnType_decision | None: ...
+
+Global___LogRecord: _TypeAlias = LogRecord  # noqa: Y015
+
+@_typing.final
+class Transition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    state: _graph_pb2.NodeState.ValueType
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        state: _graph_pb2.NodeState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transition: _TypeAlias = Transition  # noqa: Y015
+
+@_typing.final
+class Submitted(_message.Message):
+    """The run as submitted: nodes without an id are replayed the way they were first taken (they
+    get n<position>).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    seed: _builtins.int
+    """The seed of the run's jitter source, so that replay draws the same backoffs."""
+    request_id: _builtins.str
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_graph_pb2.NodeSpec]: ...
+    @_builtins.property
+    def limits(self) -> _graph_pb2.RunLimits:
+        """The limits the run got (not those asked for)."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[_graph_pb2.NodeSpec] | None = ...,
+        limits: _graph_pb2.RunLimits | None = ...,
+        name: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "name", b"name", "nodes", b"nodes", "request_id", b"request_id", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Submitted: _TypeAlias = Submitted  # noqa: Y015
+
+@_typing.final
+class Dispatched(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    WORKER_NAME_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    lease: _builtins.int
+    session_id: _builtins.str
+    worker_name: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease: _builtins.int = ...,
+        session_id: _builtins.str = ...,
+        worker_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "lease", b"lease", "node_id", b"node_id", "session_id", b"session_id", "worker_name", b"worker_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispatched: _TypeAlias = Dispatched  # noqa: Y015
+
+@_typing.final
+class Finished(_message.Message):
+    """An answer as the core took it: with a rejection, the failure it became (no result, no
+    mutations, the rejection as its error).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    MUTATIONS_FIELD_NUMBER: _builtins.int
+    REJECTION_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    lease: _builtins.int
+    outcome: _builtins.int
+    """The core's Outcome: 1 succeeded, 2 failed, 3 cancelled."""
+    result: _builtins.bytes
+    rejection: _builtins.str
+    @_builtins.property
+    def error(self) -> _graph_pb2.NodeError: ...
+    @_builtins.property
+    def mutations(self) -> _containers.RepeatedCompositeFieldContainer[_graph_pb2.Mutation]: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease: _builtins.int = ...,
+        outcome: _builtins.int = ...,
+        result: _builtins.bytes = ...,
+        error: _graph_pb2.NodeError | None = ...,
+        mutations: _abc.Iterable[_graph_pb2.Mutation] | None = ...,
+        rejection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "lease", b"lease", "mutations", b"mutations", "node_id", b"node_id", "outcome", b"outcome", "rejection", b"rejection", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Finished: _TypeAlias = Finished  # noqa: Y015
+
+@_typing.final
+class Lost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    lease: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "lease", b"lease", "node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lost: _TypeAlias = Lost  # noqa: Y015
+
+@_typing.final
+class TimedOut(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    lease: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        lease: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "lease", b"lease", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimedOut: _TypeAlias = TimedOut  # noqa: Y015
+
+@_typing.final
+class Progress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    attempt: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "data", b"data", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
+@_typing.final
+class Cancelled(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cancelled: _TypeAlias = Cancelled  # noqa: Y015
+
+@_typing.final
+class Mutated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUTATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def mutations(self) -> _containers.RepeatedCompositeFieldContainer[_graph_pb2.Mutation]: ...
+    def __init__(
+        self,
+        *,
+        mutations: _abc.Iterable[_graph_pb2.Mutation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mutations", b"mutations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mutated: _TypeAlias = Mutated  # noqa: Y015
+
+@_typing.final
+class NodeFailed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def error(self) -> _graph_pb2.NodeError: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        error: _graph_pb2.NodeError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeFailed: _TypeAlias = NodeFailed  # noqa: Y015
+
+@_typing.final
+class Ended(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    state: _graph_pb2.RunState.ValueType
+    def __init__(
+        self,
+        *,
+        state: _graph_pb2.RunState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ended: _TypeAlias = Ended  # noqa: Y015

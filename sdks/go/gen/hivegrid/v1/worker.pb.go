@@ -43,7 +43,8 @@ const (
 	// How long a worker may hold a finished result, in microseconds, so that results finishing
 	// together share one Results message while others still run (docs/protocol.md, "Batching").
 	ProtocolConstant_PROTOCOL_CONSTANT_BATCH_WINDOW_US ProtocolConstant = 200
-	// Reconnect backoff: the first delay and the most, in milliseconds (full jitter).
+	// Reconnect backoff: the first delay and the most, in milliseconds; each wait is drawn
+	// between half the current delay and all of it, and the delay doubles up to the most.
 	ProtocolConstant_PROTOCOL_CONSTANT_RECONNECT_FIRST_MS ProtocolConstant = 50
 	ProtocolConstant_PROTOCOL_CONSTANT_RECONNECT_MAX_MS   ProtocolConstant = 1000
 )

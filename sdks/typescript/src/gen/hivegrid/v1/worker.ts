@@ -51,7 +51,10 @@ export enum ProtocolConstant {
    * together share one Results message while others still run (docs/protocol.md, "Batching").
    */
   PROTOCOL_CONSTANT_BATCH_WINDOW_US = 200,
-  /** PROTOCOL_CONSTANT_RECONNECT_FIRST_MS - Reconnect backoff: the first delay and the most, in milliseconds (full jitter). */
+  /**
+   * PROTOCOL_CONSTANT_RECONNECT_FIRST_MS - Reconnect backoff: the first delay and the most, in milliseconds; each wait is drawn
+   * between half the current delay and all of it, and the delay doubles up to the most.
+   */
   PROTOCOL_CONSTANT_RECONNECT_FIRST_MS = 50,
   PROTOCOL_CONSTANT_RECONNECT_MAX_MS = 1000,
   UNRECOGNIZED = -1,
