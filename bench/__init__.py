@@ -1,1 +1,1 @@
-"""Hivegrid's benchmark suite (BENCHMARKS.md): `python -m bench [--quick]`."""
+"""Hivegrid's benchmark suite (docs/benchmarks.md): `python -m bench [--quick]`."""

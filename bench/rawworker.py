@@ -5,22 +5,24 @@
   worker can have;
 - a fallback when the Python SDK (`worker/`) is not importable.
 
-It keeps each result until acked, sends `held` and re-sends unacked results after a reconnect
-(backoff 0.1 s doubling to 2 s), which the recovery workload needs.
+It is the test kit's raw stream (tests/support/rawworker.py: the Hello, the request stream,
+responses dispatched by kind) plus what a long-lived worker needs: it keeps each result until
+acked, sends `held` and re-sends unacked results after a reconnect (backoff from the protocol's
+RECONNECT_FIRST_MS doubling to RECONNECT_MAX_MS), and heartbeats at the Welcome's interval.
+The recovery workload needs the reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-from collections.abc import AsyncIterator
 
 import grpc
 
 from hivegrid.v1 import worker_pb2 as wpb
 from hivegrid.v1 import worker_pb2_grpc
+from tests.support.rawworker import RECONNECT_FIRST_S, RECONNECT_MAX_S, Key, Stream, hello, key
 
 from . import agents
 
@@ -28,10 +30,7 @@ _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
-
-
-def _key(ref: wpb.AssignmentRef) -> tuple[str, str, int, int]:
-    return (ref.run_id, ref.node_id, ref.attempt, ref.lease)
+_CHUNK = 256  # results per Results message
 
 
 def run_assignment(a: wpb.Assignment) -> wpb.Result:
@@ -54,6 +53,55 @@ def run_assignment(a: wpb.Assignment) -> wpb.Result:
     return res
 
 
+class _Session(Stream):
+    """One stream of a RawStream: answers every Push at once, inline."""
+
+    def __init__(self, owner: RawStream) -> None:
+        super().__init__(
+            hello(
+                owner.name,
+                agents.AGENTS,
+                owner.slots,
+                held=[r.ref for r in owner.unacked.values()],
+                sdk_version="bench-raw",
+            )
+        )
+        self.owner = owner
+        self.beat: asyncio.Task[None] | None = None
+
+    def on_welcome(self, welcome: wpb.Welcome) -> None:
+        owner = self.owner
+        owner.sessions += 1
+        owner.connected.set()
+        self._send_results(list(owner.unacked.values()))
+        self.beat = asyncio.create_task(self._heartbeat(welcome.heartbeat_interval_s or 1.0))
+
+    def on_refusal(self, refusal: wpb.Refusal) -> None:
+        raise SystemExit(f"refused: {refusal.reason}")
+
+    def on_push(self, push: wpb.Push) -> None:
+        # The protocol's order: acks, then assignments, then cancels. Cancels need nothing:
+        # agents run inline and finish at once, so the real result was already sent.
+        unacked = self.owner.unacked
+        for ack in push.acks:
+            unacked.pop(key(ack.ref), None)
+        results = [run_assignment(a) for a in push.assignments]
+        for r in results:
+            unacked[key(r.ref)] = r
+        self._send_results(results)
+
+    def _send_results(self, results: list[wpb.Result]) -> None:
+        put = self.outbox.put_nowait
+        for i in range(0, len(results), _CHUNK):
+            put(wpb.ConnectRequest(results=wpb.Results(items=results[i : i + _CHUNK])))
+
+    async def _heartbeat(self, interval: float) -> None:
+        beat = wpb.ConnectRequest(heartbeat=wpb.Heartbeat())
+        while True:
+            await asyncio.sleep(interval)
+            self.outbox.put_nowait(beat)
+
+
 class RawStream:
     """One worker stream; reconnects until cancelled."""
 
@@ -61,84 +109,25 @@ class RawStream:
         self.address = address
         self.name = name
         self.slots = slots
-        self.unacked: dict[tuple[str, str, int, int], wpb.Result] = {}
+        self.unacked: dict[Key, wpb.Result] = {}
         self.connected = asyncio.Event()
         self.sessions = 0
 
     async def run(self) -> None:
         """Runs until cancelled."""
-        backoff = 0.1
+        backoff = RECONNECT_FIRST_S
         async with grpc.aio.insecure_channel(self.address, options=_OPTIONS) as channel:
             stub = worker_pb2_grpc.WorkerServiceStub(channel)
             while True:
                 before = self.sessions
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self._session(stub)
+                session = _Session(self)
+                try:
+                    await session.serve(stub)  # an RPC error ends the stream, not the worker
+                finally:
+                    if session.beat is not None:
+                        session.beat.cancel()
+                    self.connected.clear()
                 if self.sessions != before:
-                    backoff = 0.1
+                    backoff = RECONNECT_FIRST_S
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, 2.0)
-
-    async def _session(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
-        out: asyncio.Queue[wpb.ConnectRequest | None] = asyncio.Queue()
-        hello = wpb.Hello(
-            worker_name=self.name,
-            language="python",
-            sdk_version="bench-raw",
-            protocol_version=2,
-            agents=list(agents.AGENTS),
-            slots=self.slots,
-            held=[r.ref for r in self.unacked.values()],
-        )
-
-        async def requests() -> AsyncIterator[wpb.ConnectRequest]:
-            yield wpb.ConnectRequest(hello=hello)
-            while True:
-                msg = await out.get()
-                if msg is None:
-                    return
-                yield msg
-
-        call = stub.Connect(requests())
-        beat = asyncio.create_task(self._heartbeat(out))
-        try:
-            async for msg in call:
-                kind = msg.WhichOneof("msg")
-                if kind == "welcome":
-                    self.sessions += 1
-                    self.connected.set()
-                    items = list(self.unacked.values())
-                    for i in range(0, len(items), 256):
-                        out.put_nowait(
-                            wpb.ConnectRequest(results=wpb.Results(items=items[i : i + 256]))
-                        )
-                elif kind == "refusal":
-                    raise SystemExit(f"refused: {msg.refusal.reason}")
-                else:
-                    self._handle(msg, out)
-        finally:
-            beat.cancel()
-            out.put_nowait(None)
-            self.connected.clear()
-
-    @staticmethod
-    async def _heartbeat(out: asyncio.Queue[wpb.ConnectRequest | None]) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            out.put_nowait(wpb.ConnectRequest(heartbeat=wpb.Heartbeat()))
-
-    def _handle(
-        self, msg: wpb.ConnectResponse, out: asyncio.Queue[wpb.ConnectRequest | None]
-    ) -> None:
-        if msg.WhichOneof("msg") != "push":
-            return
-        push = msg.push
-        for ack in push.acks:
-            self.unacked.pop(_key(ack.ref), None)
-        # Cancels need nothing: agents run inline and finish at once, so the real result was
-        # already sent.
-        results = [run_assignment(a) for a in push.assignments]
-        for r in results:
-            self.unacked[_key(r.ref)] = r
-        for i in range(0, len(results), 256):
-            out.put_nowait(wpb.ConnectRequest(results=wpb.Results(items=results[i : i + 256])))
+                backoff = min(backoff * 2, RECONNECT_MAX_S)

@@ -1,4 +1,4 @@
-"""Ratios to peers, the BENCHMARKS.md targets, and the printed table."""
+"""Ratios to peers, the targets of docs/benchmarks.md, and the printed table."""
 
 from __future__ import annotations
 
@@ -222,9 +222,9 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"{cells} {_notes(r)}".rstrip())
     lines.append("")
     if doc.get("mode") == "quick":
-        lines.append("targets (BENCHMARKS.md; a quick run is too small to judge them):")
+        lines.append("targets (docs/benchmarks.md; a quick run is too small to judge them):")
     else:
-        lines.append("targets (BENCHMARKS.md):")
+        lines.append("targets (docs/benchmarks.md):")
     for t in doc.get("targets", []):
         met = {True: "met", False: "NOT MET", None: "not measured"}[t["met"]]
         lines.append(

@@ -31,7 +31,7 @@ QUICK: dict[str, Any] = {
     "size": 20_000,
     "timeout_s": 20,
 }
-# BENCHMARKS.md sizes (the whole suite takes ~10 minutes on 2 cores).
+# The sizes of docs/benchmarks.md (the whole suite takes ~10 minutes on 2 cores).
 FULL: dict[str, Any] = {
     "fanout": 100_000,
     "chain": 10_000,

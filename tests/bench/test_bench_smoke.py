@@ -5,7 +5,6 @@ coordinator process and worker processes. Figures must be present; their values 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,20 +12,19 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import REPO, child_env
 
 
 def quick_bench(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Runs `python -m bench --quick ARGS` on the memory store; returns the JSON it wrote."""
     out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "bench", "--quick", "--systems", "hivegrid-memory"),
             *(*args, "--out", str(out)),
         ],
-        cwd=ROOT,
-        env=env,
+        cwd=REPO,
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=110,

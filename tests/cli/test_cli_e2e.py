@@ -9,10 +9,7 @@ CLI's own --wait / watch.
 from __future__ import annotations
 
 import json
-import os
 import selectors
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,10 +21,10 @@ from typing import IO, Any
 import pytest
 
 from hivegrid.coordinator import cli
+from tests.support.processes import REPO, CoordinatorProcess, WorkerProcess, child_env
+from tests.support.wait import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _read_line_matching(stream: IO[str], needle: str, timeout: float) -> str:
@@ -51,89 +48,38 @@ def _read_line_matching(stream: IO[str], needle: str, timeout: float) -> str:
     raise AssertionError(f"no line with {needle!r} within {timeout}s; got {seen!r}")
 
 
-def _stop(proc: subprocess.Popen[str]) -> int:
-    """SIGTERM (a clean drain/shutdown), then the exit code; kills it if it hangs."""
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait(timeout=10)
-    finally:
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("HIVEGRID_COORDINATOR", None)
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _start_worker(address: str, name: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hivegrid.worker.conformance",
-            "--coordinator",
-            address,
-            "--name",
-            name,
-        ],
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    _read_line_matching(proc.stderr, f"hivegrid worker {name} connected", timeout=20)
-    return proc
-
-
 @dataclass
 class Cluster:
     address: str
     db: Path
+    log_dir: Path
+
+
+def _start_worker(cluster: Cluster, name: str) -> WorkerProcess:
+    """The Python conformance worker with its default slots, once it announced its session."""
+    proc = WorkerProcess("python", cluster.address, cluster.log_dir, name=name, slots=None)
+    proc.wait_connected(timeout=20)
+    return proc
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    db = tmp_path_factory.mktemp("coordinator") / "db"
-    coordinator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hivegrid.coordinator",
-            "coordinator",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            f"sqlite:///{db}",
-        ],
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    """One coordinator (default timing, SQLite store) and one worker for the whole module; both
+    must exit cleanly (code 0) on SIGTERM at the end."""
+    coordinator = CoordinatorProcess(tmp_path_factory.mktemp("coordinator"))
     worker = None
     try:
-        assert coordinator.stdout is not None
-        line = _read_line_matching(coordinator.stdout, "hivegrid coordinator listening on", 20)
-        address = line.rsplit(" ", 1)[1]
-        worker = _start_worker(address, "cli-e2e")
-        yield Cluster(address, db)
+        address = coordinator.start(timeout=20)
+        cluster = Cluster(address, coordinator.db_path, coordinator.log_dir)
+        worker = _start_worker(cluster, "cli-e2e")
+        yield cluster
+    except BaseException:
+        print("\n" + coordinator.diagnostics())
+        raise
     finally:
         if worker is not None:
-            assert _stop(worker) == 0
-        assert _stop(coordinator) == 0
+            assert worker.stop() == 0, worker.diagnostics()
+        assert coordinator.stop() == 0, coordinator.diagnostics()
 
 
 @dataclass
@@ -315,7 +261,7 @@ def test_cancel_ends_a_watched_run(cluster: Cluster, hivegrid: Any, tmp_path: Pa
             cluster.address,
         ],
         cwd=REPO,
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -379,16 +325,17 @@ def test_backup_copies_a_live_store(cluster: Cluster, hivegrid: Any, tmp_path: P
     assert out.code == 0, out.err
     again = hivegrid("backup", str(copy), "--store", f"sqlite:///{cluster.db}")
     assert again.code == 1 and "exists" in again.err
-    from hivegrid.coordinator.store import SqliteStore
-    from hivegrid.v1 import run_pb2
-
-    store = SqliteStore(copy)
-    store.open()
+    # The copy is a whole store: a coordinator started on it serves the run's log, from its
+    # submission to its end (read as any client reads it, not in the store's own format).
+    restored = CoordinatorProcess(tmp_path / "restored", store=f"sqlite:///{copy}")
     try:
-        events = [run_pb2.RunEvent.FromString(data) for _, data in store.read(run_id, 1, 100)]
+        address = restored.start(timeout=20)
+        events = hivegrid("events", run_id, "--json", "--coordinator", address)
+        assert events.code == 0, events.err
     finally:
-        store.close()
-    assert events[0].HasField("run_submitted") and events[-1].HasField("run_ended")
+        assert restored.stop() == 0, restored.diagnostics()
+    kinds = [json.loads(line)["kind"] for line in events.out.splitlines()]
+    assert kinds[0] == "run_submitted" and kinds[-1] == "run_ended", kinds
 
 
 def test_workers_lists_the_conformance_worker(hivegrid: Any) -> None:
@@ -402,14 +349,14 @@ def test_workers_lists_the_conformance_worker(hivegrid: Any) -> None:
 
 
 def test_drain_stops_a_worker(cluster: Cluster, hivegrid: Any) -> None:
-    proc = _start_worker(cluster.address, "drain-me")
+    proc = _start_worker(cluster, "drain-me")
     try:
         result = hivegrid("drain", "drain-me")
         assert result.code == 0, result.err
         assert "draining 1 session" in result.out
         assert proc.wait(timeout=20) == 0
     finally:
-        _stop(proc)
+        proc.stop()
 
 
 def test_unknown_run_and_worker_are_errors(hivegrid: Any) -> None:
@@ -458,22 +405,15 @@ def test_bad_file_exits_2_before_connecting(hivegrid: Any, tmp_path: Path) -> No
     )
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.timeout(30)
 def test_unreachable_coordinator_exits_3(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     graph = _graph(tmp_path, {"nodes": [{"id": "a", "agent": "echo"}]})
     for argv in (["submit", graph, "--wait"], ["runs"], ["status", "r"], ["workers"]):
         proc = subprocess.run(
             [sys.executable, "-m", "hivegrid.coordinator", *argv, "--coordinator", address],
             cwd=REPO,
-            env=_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=20,
@@ -487,7 +427,7 @@ def test_unreachable_coordinator_exits_3(tmp_path: Path) -> None:
 def test_env_address_is_used(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("HIVEGRID_COORDINATOR", address)
     assert cli.main(["runs"]) == 3
     assert f"cannot reach the coordinator at {address}" in capsys.readouterr().err

@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from .harness import (
-    DEFAULT_SDKS,
-    SDK_ENV,
-    SDKS,
-    Client,
-    CoordinatorProcess,
-    WorkerProcess,
-    sdk_command,
-)
+from tests.support.fixtures import Spawned, failed
+from tests.support.processes import CoordinatorProcess, WorkerProcess, sdk_command
+from tests.support.runs import RunClient
+
+from .harness import DEFAULT_SDKS, HEARTBEAT_S, SDK_ENV, SDKS, SESSION_TIMEOUT_S
 
 
 def selected_sdks(config: pytest.Config) -> list[str]:
@@ -57,36 +52,20 @@ def sdk_programs() -> Callable[[str], list[str]]:
 
 
 @pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "logs"
-    path.mkdir()
-    return path
+def coordinator(spawn: Spawned) -> CoordinatorProcess:
+    """A coordinator subprocess on a sqlite file (so that it can be restarted), with the
+    suite's quick heartbeats."""
+    return spawn.coordinator(heartbeat_s=HEARTBEAT_S, session_timeout_s=SESSION_TIMEOUT_S)
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path, log_dir: Path) -> Iterator[CoordinatorProcess]:
-    """A coordinator subprocess on a sqlite file (so that it can be restarted)."""
-    proc = CoordinatorProcess(log_dir, f"sqlite:///{tmp_path / 'hivegrid.db'}")
-    try:
-        proc.start()
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    report = getattr(request.node, "rep_call", None)
-    return report is not None and report.failed
-
-
-@pytest.fixture
-def client(coordinator: CoordinatorProcess, request: pytest.FixtureRequest) -> Iterator[Client]:
+def client(coordinator: CoordinatorProcess, request: pytest.FixtureRequest) -> Iterator[RunClient]:
     """A RunService client; on failure it prints the event logs of the runs it watched."""
-    c = Client(coordinator.address)
+    c = RunClient(coordinator.address)
     try:
         yield c
     finally:
-        if _failed(request):
+        if failed(request):
             for run_id, log in c.logs.items():
                 print(f"\n--- event log of run {run_id} (last events)\n{log.describe(80)}")
         c.close()
@@ -98,42 +77,14 @@ WorkerFactory = Callable[..., WorkerProcess]
 @pytest.fixture
 def start_worker(
     coordinator: CoordinatorProcess,
-    log_dir: Path,
+    spawn: Spawned,
     sdk_programs: Callable[[str], list[str]],
-) -> Iterator[WorkerFactory]:
+) -> WorkerFactory:
     """`start_worker(sdk, slots=4, name=None)` starts a conformance worker; all are killed at
     teardown."""
-    started: list[WorkerProcess] = []
-    counter = iter(range(1, 1000))
 
     def start(sdk: str, *, slots: int = 4, name: str | None = None) -> WorkerProcess:
         sdk_programs(sdk)
-        name = name or f"{sdk}-w{next(counter)}"
-        proc = WorkerProcess(sdk, coordinator.address, log_dir, name=name, slots=slots)
-        started.append(proc)
-        return proc
+        return spawn.worker(sdk, coordinator.address, name=name, slots=slots)
 
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.kill()
-
-
-@pytest.fixture(autouse=True)
-def _diagnostics(request: pytest.FixtureRequest, log_dir: Path) -> Iterator[None]:
-    """On failure, show the processes' output."""
-    yield
-    if _failed(request):
-        print(f"\nprocess logs: {log_dir}")
-        for path in sorted(log_dir.iterdir()):
-            text = path.read_text(errors="replace").strip()
-            if text:
-                print(f"--- {path.name} (last lines)\n" + "\n".join(text.splitlines()[-25:]))
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
+    return start

@@ -7,8 +7,12 @@ import pytest
 
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import worker_pb2 as wpb
+from tests.support.names import ack_name, state_name
+from tests.support.processes import CoordinatorProcess
+from tests.support.runs import RunClient as Client
+from tests.support.values import to_json
 
-from .harness import Client, CoordinatorProcess, RawWorker, from_json, state_name
+from .harness import raw_worker
 
 
 def _failed(ref: wpb.AssignmentRef, message: str = "try again") -> wpb.ConnectRequest:
@@ -26,9 +30,7 @@ def test_late_success_of_timed_out_attempt_is_stale(
 ) -> None:
     """A result for an attempt that timed out is acked STALE, even while the node waits out its
     retry backoff (it must not complete the node: the retry is not undone)."""
-    raw = RawWorker(coordinator.address, agents=["slow"], slots=2)
-    try:
-        raw.connect()
+    with raw_worker(coordinator.address, agents=("slow",), slots=2) as raw:
         run = client.submit(
             [
                 {
@@ -39,26 +41,24 @@ def test_late_success_of_timed_out_attempt_is_stale(
                 }
             ]
         )
-        first = raw.take()
-        cancel = raw.cancels.get(timeout=10)
+        (first,) = raw.take()
+        cancel = raw.cancel(within=10)
         assert cancel.ref == first.ref and cancel.reason == "timeout", cancel
-        raw.answer(first.ref, {"late": True})  # finished just after the deadline
+        raw.answer(first.ref, to_json({"late": True}))  # finished just after the deadline
         ack = raw.ack()
         if ack.status != wpb.ACK_STATUS_STALE:
             status = client.nodes(run)["n"]
             pytest.fail(
-                f"a timed-out attempt's result was acked {wpb.AckStatus.Name(ack.status)}; "
-                f"node {state_name(status.state)} with result {from_json(status.result)} "
+                f"a timed-out attempt's result was acked {ack_name(ack.status)}; "
+                f"node {state_name(status.state)} with result {status.result} "
                 f"after {status.attempts} attempt(s)"
             )
-        second = raw.take(timeout=10)
+        (second,) = raw.take(within=10)
         assert second.ref.attempt == 2
-        raw.answer(second.ref, {"on": "time"})
+        raw.answer(second.ref, to_json({"on": "time"}))
         log = client.wait_until_done(run, timeout=15)
-        assert from_json(client.nodes(run)["n"].result) == {"on": "time"}
+        assert client.nodes(run)["n"].result == {"on": "time"}
         assert log.successes() == {"n": 1}
-    finally:
-        raw.close()
 
 
 @pytest.mark.timeout(30)
@@ -67,9 +67,7 @@ def test_resent_failure_does_not_spend_a_second_retry(
 ) -> None:
     """Results are idempotent by ref: the same FAILED result sent twice (a worker re-sends
     what was not acked yet) counts once against the retry budget."""
-    raw = RawWorker(coordinator.address, agents=["shaky"], slots=1)
-    try:
-        raw.connect()
+    with raw_worker(coordinator.address, agents=("shaky",), slots=1) as raw:
         run = client.submit(
             [
                 {
@@ -79,27 +77,25 @@ def test_resent_failure_does_not_spend_a_second_retry(
                 }
             ]
         )
-        first = raw.take()
+        (first,) = raw.take()
         raw.send(_failed(first.ref))
         raw.send(_failed(first.ref))  # the same answer again
         acks = [raw.ack(), raw.ack()]
         assert acks[0].status == wpb.ACK_STATUS_COMMITTED, acks
-        second = raw.take(timeout=10)
+        (second,) = raw.take(within=10)
         assert second.ref.attempt == 2
         raw.send(_failed(second.ref))
         assert raw.ack().status == wpb.ACK_STATUS_COMMITTED
         # two failures of three attempts: a third attempt is due
         try:
-            third = raw.take(timeout=5)
+            (third,) = raw.take(within=5)
         except Exception:
             status = client.nodes(run)["n"]
             pytest.fail(
                 "no third attempt: the duplicate result spent a retry "
-                f"(second ack {wpb.AckStatus.Name(acks[1].status)}; node "
+                f"(second ack {ack_name(acks[1].status)}; node "
                 f"{state_name(status.state)} after {status.attempts} attempts)"
             )
-        raw.answer(third.ref, 3)
+        raw.answer(third.ref, to_json(3))
         log = client.wait_until_done(run, timeout=10)
         assert log.end_state() == "SUCCEEDED"
-    finally:
-        raw.close()

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.names import state_name
+from tests.support.runs import RunClient as Client
+
 from .conftest import WorkerFactory, selected_sdks
-from .harness import Client, from_json, state_name
 
 
 @pytest.mark.timeout(180)
@@ -48,7 +50,7 @@ def test_mixed_pool_one_graph_many_languages(
     assert log.end_state() == "SUCCEEDED", log.describe()
 
     status = client.nodes(run)
-    results = {k: from_json(v.result) for k, v in status.items()}
+    results = {k: v.result for k, v in status.items()}
     assert len(status) >= 1000, len(status)
     assert len(status) == len(nodes) + spawns * (per_spawn + 1)
     assert {state_name(n.state) for n in status.values()} == {"SUCCEEDED"}
@@ -81,11 +83,11 @@ def test_mixed_pool_one_graph_many_languages(
     # results crossed languages: a node consumed a dependency computed in another language
     crossings: dict[tuple[str, str], int] = {}
     for node_id, st in status.items():
-        for dep in st.depends_on:
+        for dep in st.deps:
             pair = (ran_on[dep], ran_on[node_id])
             if pair[0] != pair[1]:
                 crossings[pair] = crossings.get(pair, 0) + 1
     assert len(crossings) >= 2, f"too few cross-language edges: {crossings}"
-    spawned_across = {(ran_on[st.parent_id], ran_on[n]) for n, st in status.items() if st.parent_id}
+    spawned_across = {(ran_on[st.parent], ran_on[n]) for n, st in status.items() if st.parent}
     assert any(a != b for a, b in spawned_across), "no spawn's children ran in another language"
     print(f"nodes per language: {per_language}; cross-language edges: {crossings}")

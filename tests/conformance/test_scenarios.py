@@ -1,4 +1,4 @@
-"""The worker conformance scenarios of /work/shared/design/CONFORMANCE.md, one test (or more)
+"""The worker conformance scenarios of docs/conformance.md, one test (or more)
 per scenario, each run against every selected SDK's conformance worker (`sdk` parameter).
 
 The suite observes what happened through the run's event log (WatchRun): NodeDispatched for each
@@ -16,20 +16,14 @@ from typing import Any
 import pytest
 
 from hivegrid.v1 import worker_pb2 as wpb
+from tests.support.names import outcome_name, state_name
+from tests.support.processes import CoordinatorProcess, WorkerProcess
+from tests.support.runs import Log
+from tests.support.runs import RunClient as Client
+from tests.support.values import from_json, mutation, to_json
 
 from .conftest import WorkerFactory
-from .harness import (
-    SESSION_TIMEOUT_S,
-    Client,
-    CoordinatorProcess,
-    Log,
-    RawWorker,
-    WorkerProcess,
-    from_json,
-    mutation,
-    outcome_name,
-    state_name,
-)
+from .harness import SESSION_TIMEOUT_S, raw_worker
 
 SUCCEEDED = wpb.OUTCOME_SUCCEEDED
 FAILED = wpb.OUTCOME_FAILED
@@ -232,19 +226,19 @@ def test_s03_spawn_children_run_and_join_sees_all(
     assert set(nodes) == {"sp", "sp/join", *children, "echoes", "echoes/join"} | {
         f"echoes/c{i}" for i in range(3)
     }
-    assert from_json(nodes["sp"].result) == {"spawned": count}
-    assert from_json(nodes["sp/join"].result) == count
+    assert nodes["sp"].result == {"spawned": count}
+    assert nodes["sp/join"].result == count
     for child in children:
         assert state_name(nodes[child].state) == "SUCCEEDED"
-        assert nodes[child].parent_id == "sp" and nodes[child].spawn_depth == 1
-    assert sorted(nodes["sp/join"].depends_on) == sorted(children)
+        assert nodes[child].parent == "sp" and nodes[child].spawn_depth == 1
+    assert sorted(nodes["sp/join"].deps) == sorted(children)
     assert seq_of_dispatch(log, "sp/join") > max(seq_of_finish(log, c) for c in children)
     # the mutations travelled with the result: count children + the join
     kinds = [m.WhichOneof("kind") for m in fin(log, "sp").mutations]
     assert kinds == ["add_node"] * (count + 1)
     # default child agent echo with a null input; the join of echoes sums nothing numeric
-    assert from_json(nodes["echoes/c0"].result) == {"input": None, "deps": {}}
-    assert from_json(nodes["echoes/join"].result) == 0
+    assert nodes["echoes/c0"].result == {"input": None, "deps": {}}
+    assert nodes["echoes/join"].result == 0
 
 
 @pytest.mark.timeout(90)
@@ -270,10 +264,10 @@ def test_s03_nested_spawn_to_depth_limit(
     expect_state(log, "SUCCEEDED")
     nodes = client.nodes(ok)
     assert nodes["r/c1/c0/c1"].spawn_depth == limit
-    assert from_json(nodes["r/c1/c0/c1"].result) == value(1)
-    assert from_json(nodes["r/c0/c1/join"].result) == 2  # two value(1) leaves
-    assert from_json(nodes["r/c0/join"].result) == 4  # two {"spawned": 2}
-    assert from_json(nodes["r/join"].result) == 4
+    assert nodes["r/c1/c0/c1"].result == value(1)
+    assert nodes["r/c0/c1/join"].result == 2  # two value(1) leaves
+    assert nodes["r/c0/join"].result == 4  # two {"spawned": 2}
+    assert nodes["r/join"].result == 4
     assert not [e for e in log.finished() if e.attempt_finished.rejection]
 
     # One level more: the spawns at the limit depth send a batch that would go past it.
@@ -291,7 +285,7 @@ def test_s03_nested_spawn_to_depth_limit(
         assert f.rejection, f"{node.id}: the batch past the depth limit was not rejected"
         assert "depth" in f.rejection, f.rejection
         assert state_name(node.state) == "FAILED"
-        assert node.error.kind == "mutation_rejected", node.error
+        assert node.error_kind == "mutation_rejected", node.error
         assert f"{node.id}/c0" not in nodes, "a rejected batch added nodes"
     # the joins that waited on the failed spawns are skipped
     assert state_name(nodes["r/c0/c0/join"].state) == "SKIPPED"
@@ -409,7 +403,7 @@ def _transitions_at(log: Log, node_id: str) -> dict[str, str]:
 def _check_mutation(kind: str, log: Log, client: Client, run_id: str) -> None:
     nodes = client.nodes(run_id)
     states = {k: state_name(v.state) for k, v in nodes.items()}
-    results = {k: from_json(v.result) for k, v in nodes.items()}
+    results = {k: v.result for k, v in nodes.items()}
     rejected = [
         e.attempt_finished.rejection for e in log.finished() if e.attempt_finished.rejection
     ]
@@ -434,12 +428,12 @@ def _check_mutation(kind: str, log: Log, client: Client, run_id: str) -> None:
         assert results["t"]["input"] == {"new": True}
     elif kind == "split_node":
         assert "s" not in nodes and not log.dispatched("s")
-        assert list(nodes["s1"].depends_on) == ["m"] and list(nodes["s2"].depends_on) == ["m"]
-        assert sorted(nodes["d"].depends_on) == ["s1", "s2"]
+        assert list(nodes["s1"].deps) == ["m"] and list(nodes["s2"].deps) == ["m"]
+        assert sorted(nodes["d"].deps) == ["s1", "s2"]
         assert results["d"]["deps"] == {"s1": value(1), "s2": value(2)}
     elif kind == "inject_before":
-        assert list(nodes["i"].depends_on) == ["m"]
-        assert sorted(nodes["t"].depends_on) == ["i", "m"]
+        assert list(nodes["i"].deps) == ["m"]
+        assert sorted(nodes["t"].deps) == ["i", "m"]
         assert seq_of_dispatch(log, "t") > seq_of_finish(log, "i")
         assert results["t"]["deps"] == {"m": {}, "i": value(5)}
     elif kind == "prune_subgraph":
@@ -562,8 +556,8 @@ def test_s04_invalid_batches_are_rejected_whole(
             assert not log.dispatched("extra")
             m = nodes["m"]
             assert state_name(m.state) == "FAILED", state_name(m.state)
-            assert m.error.kind == "mutation_rejected", m.error
-            assert keyword in m.error.message.lower(), m.error.message
+            assert m.error_kind == "mutation_rejected", m.error
+            assert m.error is not None and keyword in m.error.lower(), m.error
             assert state_name(nodes["a"].state) == "SKIPPED"
             expect_state(log, "FAILED")
         except AssertionError as exc:
@@ -577,16 +571,14 @@ def test_s04_rejection_reason_reaches_the_worker(
 ) -> None:
     """Protocol level (no SDK): the worker that sent the bad batch is acked
     MUTATIONS_REJECTED with the reason."""
-    raw = RawWorker(coordinator.address, agents=["mutate"], slots=1)
-    try:
-        raw.connect()
+    with raw_worker(coordinator.address, agents=("mutate",), slots=1) as raw:
         run = client.submit(
             [
                 {"id": "m", "agent": "mutate", "can_mutate": True},
                 {"id": "a", "agent": "echo", "deps": ["m"]},
             ]
         )
-        a = raw.take()
+        (a,) = raw.take()
         res = wpb.Result(
             ref=a.ref,
             outcome=SUCCEEDED,
@@ -600,8 +592,6 @@ def test_s04_rejection_reason_reaches_the_worker(
         assert ack.message, "the worker was not told why"
         log = client.wait_until_done(run, timeout=10)
         assert fin(log, "m").rejection == ack.message or ack.message in fin(log, "m").rejection
-    finally:
-        raw.close()
 
 
 # --- 5. non-retryable failure -----------------------------------------------------------
@@ -631,7 +621,8 @@ def test_s05_fail_skips_descendants(sdk: str, client: Client, start_worker: Work
     nodes = client.nodes(run)
     f = nodes["f"]
     assert state_name(f.state) == "FAILED"
-    assert (f.error.message, f.error.retryable, f.error.kind) == ("boom", False, "agent")
+    err = client.node_errors(run)["f"]
+    assert (err.message, err.retryable, err.kind) == ("boom", False, "agent")
     assert len(log.dispatched("f")) == 1, "a non-retryable failure was retried"
     assert outcome_name(fin(log, "f").outcome) == "FAILED"
     for d in ("d1", "d2", "unknown"):
@@ -694,7 +685,7 @@ def test_s06_flaky_succeeds_on_the_right_attempt_with_backoff(
     nodes = client.nodes(run)
 
     assert state_name(nodes["flaky"].state) == "SUCCEEDED"
-    assert from_json(nodes["flaky"].result) == {"attempt": 3}
+    assert nodes["flaky"].result == {"attempt": 3}
     dispatches = log.dispatched("flaky")
     finishes = log.finished("flaky")
     assert [e.node_dispatched.attempt for e in dispatches] == [1, 2, 3]
@@ -713,10 +704,13 @@ def test_s06_flaky_succeeds_on_the_right_attempt_with_backoff(
 
     g = nodes["gives_up"]
     assert state_name(g.state) == "FAILED" and len(log.dispatched("gives_up")) == 3
-    assert g.error.message == "flaky failure on attempt 3" and g.error.retryable
+    errors = client.node_errors(run)
+    assert errors["gives_up"].message == "flaky failure on attempt 3"
+    assert errors["gives_up"].retryable
     r = nodes["retryable_fail"]
     assert state_name(r.state) == "FAILED" and len(log.dispatched("retryable_fail")) == 2
-    assert (r.error.message, r.error.retryable, r.error.kind) == ("again", True, "agent")
+    err = errors["retryable_fail"]
+    assert (err.message, err.retryable, err.kind) == ("again", True, "agent")
 
 
 # --- 7. timeouts ------------------------------------------------------------------------
@@ -757,10 +751,10 @@ def test_s07_sleep_past_timeout_is_cancelled_and_retried_per_policy(
     assert [e.attempt_timed_out.attempt for e in log.timed_out("retried")] == [1, 2]
     assert len(log.dispatched("retried")) == 2
     assert state_name(nodes["retried"].state) == "FAILED"
-    assert nodes["retried"].error.kind == "timeout", nodes["retried"].error
+    assert nodes["retried"].error_kind == "timeout", nodes["retried"].error
     assert len(log.timed_out("once")) == 1 and len(log.dispatched("once")) == 1
     assert state_name(nodes["once"].state) == "FAILED"
-    assert from_json(nodes["quick"].result) == {"slept": 0.1}
+    assert nodes["quick"].result == {"slept": 0.1}
     assert not log.lost(), "the worker lost its session"
     # four slot-holding attempts in sequence: ~0.5 * 3 + 0.1 s; a worker that ignored the
     # cancels would hold its only slot for 10 s or more
@@ -826,7 +820,7 @@ def test_s08_crash_returns_leases_and_another_worker_finishes(
     nodes = client.nodes(run)
     for s in sleepers:
         assert state_name(nodes[s].state) == "SUCCEEDED", s
-        assert from_json(nodes[s].result) == {"slept": 3}
+        assert nodes[s].result == {"slept": 3}
     assert log.successes() == dict.fromkeys(sleepers, 1)
     assert state_name(nodes["crash"].state) == "CANCELLED"
 
@@ -835,11 +829,10 @@ def test_s08_crash_returns_leases_and_another_worker_finishes(
 def test_s08_late_result_from_dead_session_is_stale(
     sdk: str, client: Client, start_worker: WorkerFactory, coordinator: CoordinatorProcess
 ) -> None:
-    raw = RawWorker(coordinator.address, agents=["echo"], slots=1, name="doomed")
+    raw = raw_worker(coordinator.address, agents=("echo",), slots=1, name="doomed")
     try:
-        raw.connect()
         run = client.submit([{"id": "n", "agent": "echo", "input": "real"}])
-        assignment = raw.take()
+        (assignment,) = raw.take()
         old = wpb.AssignmentRef()
         old.CopyFrom(assignment.ref)
     finally:
@@ -850,16 +843,15 @@ def test_s08_late_result_from_dead_session_is_stale(
     log = client.wait_until_done(run, timeout=30)
     expect_state(log, "SUCCEEDED")
 
-    again = RawWorker(coordinator.address, agents=["echo"], slots=1, name="doomed", held=[old])
-    try:
-        welcome = again.connect()
+    with raw_worker(
+        coordinator.address, agents=("echo",), slots=1, name="doomed", held=[old]
+    ) as again:
+        welcome = again.expect_welcome()
         assert old not in welcome.held, "the coordinator kept a lease that was re-dispatched"
-        again.answer(old, {"forged": True})
+        again.answer(old, to_json({"forged": True}))
         ack = again.ack()
         assert ack.status == wpb.ACK_STATUS_STALE, ack
         assert ack.ref == old
-    finally:
-        again.close()
 
     log = client.events(run)
     first = log.first("node_dispatched", "n").node_dispatched
@@ -868,7 +860,7 @@ def test_s08_late_result_from_dead_session_is_stale(
     assert len(answers) == 1 and answers[0].attempt_finished.attempt != old.attempt
     # Leases are the credentials of attempts: watchers never see them.
     assert all(e.node_dispatched.lease == 0 for e in log.dispatched("n"))
-    result = from_json(client.nodes(run)["n"].result)
+    result = client.nodes(run)["n"].result
     assert result == {"input": "real", "deps": {}}
 
 
@@ -1113,6 +1105,6 @@ def test_s13_worker_reconnects_after_coordinator_restart(
     assert log.successes() == want, f"accepted successes per node: {log.successes()}"
     states = node_states(client, run)
     assert set(states.values()) == {"SUCCEEDED"}, states
-    result = from_json(client.nodes(run)["end"].result)
+    result = client.nodes(run)["end"].result
     assert result["deps"] == {**{i: {"slept": 0.25} for i in ids}, "long": {"slept": 2.5}}
     assert worker.alive()

@@ -7,20 +7,16 @@ The moments are random but reproducible: HIVEGRID_CRASH_SEED picks them (the see
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
-from pathlib import Path
 
 import pytest
 
-from tests.conformance.harness import (
-    Client,
-    CoordinatorProcess,
-    Log,
-    WorkerProcess,
-    from_json,
-    state_name,
-)
+from tests.support.fixtures import Spawned
+from tests.support.names import state_name
+from tests.support.processes import HEARTBEAT_S, SESSION_TIMEOUT_S, WorkerProcess
+from tests.support.runs import Log, RunClient
 
 SPAWNERS = 50
 CHILDREN = 100
@@ -29,18 +25,16 @@ WORKER_KILLS = 6
 
 
 @pytest.mark.timeout(600)
-def test_kill_anything_at_any_moment_loses_nothing_and_does_nothing_twice(tmp_path: Path) -> None:
+def test_kill_anything_at_any_moment_loses_nothing_and_does_nothing_twice(spawn: Spawned) -> None:
     seed = int(os.environ.get("HIVEGRID_CRASH_SEED", random.randrange(1 << 30)))
     print(f"HIVEGRID_CRASH_SEED={seed}")
     rng = random.Random(seed)
-    coordinator = CoordinatorProcess(tmp_path, f"sqlite:///{tmp_path}/hivegrid.db")
+    coordinator = spawn.coordinator(heartbeat_s=HEARTBEAT_S, session_timeout_s=SESSION_TIMEOUT_S)
+    address = coordinator.address
     workers: list[WorkerProcess] = []
-    client: Client | None = None
-    try:
-        address = coordinator.start()
+    with contextlib.closing(RunClient(address)) as client:
         for i in range(2):
-            workers.append(WorkerProcess("python", address, tmp_path, name=f"w{i}", slots=8))
-        client = Client(address)
+            workers.append(spawn.worker("python", address, name=f"w{i}", slots=8))
         nodes = [
             {
                 "id": f"s{i}",
@@ -73,9 +67,7 @@ def test_kill_anything_at_any_moment_loses_nothing_and_does_nothing_twice(tmp_pa
                 victim = workers.pop(rng.randrange(len(workers)))
                 victim.kill()
                 workers.append(
-                    WorkerProcess(
-                        "python", address, tmp_path, name=f"w{len(workers)}-{moment}", slots=8
-                    )
+                    spawn.worker("python", address, name=f"w{len(workers)}-{moment}", slots=8)
                 )
             assert coordinator.start() == address
         kills = coordinator.generation - 1
@@ -96,7 +88,7 @@ def test_kill_anything_at_any_moment_loses_nothing_and_does_nothing_twice(tmp_pa
         # Exactly one accepted success per node in the whole history, across every restart.
         successes = log.successes()
         assert successes == dict.fromkeys(want, 1), {k: v for k, v in successes.items() if v != 1}
-        results = {n.id: from_json(n.result) for n in final.nodes}
+        results = {n.id: n.result for n in final.nodes}
         for i in range(SPAWNERS):
             assert results[f"s{i}"] == {"spawned": CHILDREN}
             assert results[f"s{i}/join"] == pytest.approx(CHILDREN * 0.01)
@@ -106,9 +98,3 @@ def test_kill_anything_at_any_moment_loses_nothing_and_does_nothing_twice(tmp_pa
             f"{kills} coordinator kills, {WORKER_KILLS} worker kills, {lost} attempts lost "
             f"and re-run, 0 lost or duplicated completions"
         )
-    finally:
-        if client is not None:
-            client.close()
-        for w in workers:
-            w.kill()
-        coordinator.stop()

@@ -3,18 +3,14 @@ reconnects, nothing is lost, nothing completes twice."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 
 import pytest
 
-from tests.conformance.harness import (
-    Client,
-    CoordinatorProcess,
-    Log,
-    WorkerProcess,
-    from_json,
-    state_name,
-)
+from tests.support.fixtures import Spawned
+from tests.support.names import state_name
+from tests.support.processes import HEARTBEAT_S, SESSION_TIMEOUT_S
+from tests.support.runs import Log, RunClient
 
 from .proxy import CuttableProxy
 
@@ -23,17 +19,13 @@ CUTS = 5
 
 
 @pytest.mark.timeout(300)
-def test_cut_connections_lose_nothing(tmp_path: Path) -> None:
-    coordinator = CoordinatorProcess(tmp_path, f"sqlite:///{tmp_path}/hivegrid.db")
-    worker: WorkerProcess | None = None
-    proxy: CuttableProxy | None = None
-    client: Client | None = None
-    try:
-        address = coordinator.start()
-        proxy = CuttableProxy(address)
-        worker = WorkerProcess("python", proxy.address, tmp_path, name="behind-proxy", slots=8)
+def test_cut_connections_lose_nothing(spawn: Spawned) -> None:
+    coordinator = spawn.coordinator(heartbeat_s=HEARTBEAT_S, session_timeout_s=SESSION_TIMEOUT_S)
+    address = coordinator.address
+    proxy = CuttableProxy(address)
+    with contextlib.closing(proxy), contextlib.closing(RunClient(address)) as client:
+        worker = spawn.worker("python", proxy.address, name="behind-proxy", slots=8)
         worker.wait_connected()
-        client = Client(address)
         nodes = [
             {"id": f"n{i}", "agent": "sleep", "input": {"seconds": 0.01}} for i in range(NODES)
         ]
@@ -51,13 +43,5 @@ def test_cut_connections_lose_nothing(tmp_path: Path) -> None:
         assert log.successes() == {f"n{i}": 1 for i in range(NODES)}
         final = client.get_run(run)
         assert {state_name(n.state) for n in final.nodes} == {"SUCCEEDED"}
-        assert all(from_json(n.result) == {"slept": 0.01} for n in final.nodes)
+        assert all(n.result == {"slept": 0.01} for n in final.nodes)
         assert proxy.accepted >= CUTS + 1
-    finally:
-        if client is not None:
-            client.close()
-        if worker is not None:
-            worker.kill()
-        if proxy is not None:
-            proxy.close()
-        coordinator.stop()

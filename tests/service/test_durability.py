@@ -8,115 +8,105 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hivegrid.coordinator.server import Coordinator
 from hivegrid.v1 import graph_pb2 as gpb
 from hivegrid.v1 import run_pb2 as rpb
 from hivegrid.v1 import worker_pb2 as wpb
+from tests.support.inprocess import Client
+from tests.support.names import states
+from tests.support.rawworker import RawWorker
+from tests.support.values import node
+from tests.support.wait import WAIT
 
-from .harness import WAIT, Client, RawWorker, node, states
 
-
-def test_restart_replays_the_log_and_the_run_completes(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_restart_replays_the_log_and_the_run_completes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/hg.db"
 
-    async def scenario() -> None:
-        async with Coordinator(store_url=url) as c:
-            client = Client(c.address)
-            w = await RawWorker(c.address).connect()
-            run_id = await client.submit(node("a"), node("b", deps=["a"]), node("c"))
-            got = {a.ref.node_id: a for a in await w.take(2)}
-            w.answer(got["a"], b'"A"')
-            assert (await w.ack()).status == wpb.ACK_STATUS_COMMITTED
-            (b,) = await w.take()
-            before = await client.get(run_id)
-            await w.drop()
-            await client.close()
-        # A new coordinator on the same file: what was acked is there, leases are expired.
-        async with Coordinator(store_url=url) as c:
-            client = Client(c.address)
-            after = await client.get(run_id)
-            assert states(after)["a"] == "SUCCEEDED"
-            assert states(after)["b"] == states(after)["c"] == "READY"
-            assert after.run.last_seq > before.run.last_seq  # the expiries were logged
-            # A worker that still holds `b` reconnects: its current attempt is accepted.
-            w = await RawWorker(c.address, held=[b.ref]).connect()
-            w.answer(b, b'"B"')
-            assert (await w.ack()).status == wpb.ACK_STATUS_COMMITTED
-            # `c`'s old attempt was never held by anyone: it is re-dispatched as attempt 2.
-            (c2,) = await w.take()
-            assert c2.ref.node_id == "c" and c2.ref.attempt == 2
-            w.answer(c2)
-            run = await client.wait_end(run_id)
-            assert run.run.state == gpb.RUN_STATE_SUCCEEDED
-            events = await client.events(run_id)
-            seqs = [e.seq for e in events]
-            assert seqs == list(range(1, len(seqs) + 1))  # gapless across the restart
-            ok = [e.attempt_finished.node_id for e in events if e.HasField("attempt_finished")]
-            assert sorted(ok) == ["a", "b", "c"]  # each completed exactly once
-            await w.close()
-            await client.close()
-
-    asyncio.run(scenario())
+    async with Coordinator(store_url=url) as c:
+        client = Client(c.address)
+        w = await RawWorker(c.address).connect()
+        run_id = await client.submit(node("a"), node("b", deps=["a"]), node("c"))
+        got = {a.ref.node_id: a for a in await w.take(2)}
+        w.answer(got["a"], b'"A"')
+        assert (await w.ack()).status == wpb.ACK_STATUS_COMMITTED
+        (b,) = await w.take()
+        before = await client.get(run_id)
+        await w.drop()
+        await client.close()
+    # A new coordinator on the same file: what was acked is there, leases are expired.
+    async with Coordinator(store_url=url) as c:
+        client = Client(c.address)
+        after = await client.get(run_id)
+        assert states(after)["a"] == "SUCCEEDED"
+        assert states(after)["b"] == states(after)["c"] == "READY"
+        assert after.run.last_seq > before.run.last_seq  # the expiries were logged
+        # A worker that still holds `b` reconnects: its current attempt is accepted.
+        w = await RawWorker(c.address, held=[b.ref]).connect()
+        w.answer(b, b'"B"')
+        assert (await w.ack()).status == wpb.ACK_STATUS_COMMITTED
+        # `c`'s old attempt was never held by anyone: it is re-dispatched as attempt 2.
+        (c2,) = await w.take()
+        assert c2.ref.node_id == "c" and c2.ref.attempt == 2
+        w.answer(c2)
+        run = await client.wait_end(run_id)
+        assert run.run.state == gpb.RUN_STATE_SUCCEEDED
+        events = await client.events(run_id)
+        seqs = [e.seq for e in events]
+        assert seqs == list(range(1, len(seqs) + 1))  # gapless across the restart
+        ok = [e.attempt_finished.node_id for e in events if e.HasField("attempt_finished")]
+        assert sorted(ok) == ["a", "b", "c"]  # each completed exactly once
+        await w.close()
+        await client.close()
 
 
-def test_watch_resumes_from_any_sequence_number() -> None:
-    async def scenario() -> None:
-        async with Coordinator() as c:
-            client = Client(c.address)
-            w = await RawWorker(c.address, slots=5).connect()
-            run_id = await client.submit(*[node(f"n{i}") for i in range(5)])
-            for a in await w.take(5):
-                w.answer(a)
-            await client.wait_end(run_id)
-            full = await client.events(run_id)
-            assert full[0].HasField("run_submitted") and full[-1].HasField("run_ended")
-            for start in (1, 3, len(full)):
-                tail = await client.events(run_id, from_seq=start)
-                assert [e.seq for e in tail] == [e.seq for e in full[start - 1 :]]
-            await w.close()
-            await client.close()
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_watch_resumes_from_any_sequence_number(server: Coordinator, aclient: Client) -> None:
+    w = await RawWorker(server.address, slots=5).connect()
+    run_id = await aclient.submit(*[node(f"n{i}") for i in range(5)])
+    for a in await w.take(5):
+        w.answer(a)
+    await aclient.wait_end(run_id)
+    full = await aclient.events(run_id)
+    assert full[0].HasField("run_submitted") and full[-1].HasField("run_ended")
+    for start in (1, 3, len(full)):
+        tail = await aclient.events(run_id, from_seq=start)
+        assert [e.seq for e in tail] == [e.seq for e in full[start - 1 :]]
+    await w.close()
 
 
-def test_progress_reaches_a_live_watcher_in_order() -> None:
-    async def scenario() -> None:
-        async with Coordinator() as c:
-            client = Client(c.address)
-            w = await RawWorker(c.address).connect()
-            run_id = await client.submit(node("a"))
-            (a,) = await w.take()
-            watch = asyncio.create_task(client.events(run_id))
-            items = [wpb.Progress(ref=a.ref, data=str(i).encode()) for i in range(1, 6)]
-            w.send(wpb.ConnectRequest(progress=wpb.ProgressBatch(items=items[:2])))
-            w.send(wpb.ConnectRequest(progress=wpb.ProgressBatch(items=items[2:])))
-            w.answer(a)
-            events = await asyncio.wait_for(watch, 10)
-            got = [e.progress.data for e in events if e.HasField("progress")]
-            assert got == [b"1", b"2", b"3", b"4", b"5"]
-            await w.close()
-            await client.close()
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_progress_reaches_a_live_watcher_in_order(
+    server: Coordinator, aclient: Client
+) -> None:
+    w = await RawWorker(server.address).connect()
+    run_id = await aclient.submit(node("a"))
+    (a,) = await w.take()
+    watch = asyncio.create_task(aclient.events(run_id))
+    items = [wpb.Progress(ref=a.ref, data=str(i).encode()) for i in range(1, 6)]
+    w.send(wpb.ConnectRequest(progress=wpb.ProgressBatch(items=items[:2])))
+    w.send(wpb.ConnectRequest(progress=wpb.ProgressBatch(items=items[2:])))
+    w.answer(a)
+    events = await asyncio.wait_for(watch, 10)
+    got = [e.progress.data for e in events if e.HasField("progress")]
+    assert got == [b"1", b"2", b"3", b"4", b"5"]
+    await w.close()
 
 
-def test_list_runs_newest_first() -> None:
-    async def scenario() -> None:
-        async with Coordinator() as c:
-            client = Client(c.address)
-            first = await client.submit(node("a"), name="first")
-            second = await client.submit(node("a"), name="second")
-            runs = (await client.stub.ListRuns(rpb.ListRunsRequest())).runs
-            assert [r.run_id for r in runs] == [second, first]
-            assert runs[0].name == "second" and runs[0].state == gpb.RUN_STATE_RUNNING
-            await client.close()
-
-    asyncio.run(scenario())
+@pytest.mark.asyncio
+async def test_list_runs_newest_first(aclient: Client) -> None:
+    first = await aclient.submit(node("a"), name="first")
+    second = await aclient.submit(node("a"), name="second")
+    runs = (await aclient.stub.ListRuns(rpb.ListRunsRequest())).runs
+    assert [r.run_id for r in runs] == [second, first]
+    assert runs[0].name == "second" and runs[0].state == gpb.RUN_STATE_RUNNING
 
 
-def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
     """Recovery from (newest snapshot + the events after it) and from the whole log give the
     same runs; snapshots are taken every few events here so that both paths are exercised."""
     url = f"sqlite:///{tmp_path}/hg.db"
@@ -143,7 +133,7 @@ def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
             await client.close()
             return run_id, live
 
-    run_id, live = asyncio.run(workload())
+    run_id, live = await workload()
 
     async def recovered() -> rpb.GetRunResponse:
         async with Coordinator(store_url=url, snapshot_every=10**9) as c:
@@ -152,13 +142,13 @@ def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
             await client.close()
             return run
 
-    from_snapshot = asyncio.run(recovered())
+    from_snapshot = await recovered()
     import sqlite3
 
     with sqlite3.connect(tmp_path / "hg.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 1
         conn.execute("DELETE FROM snapshots")
-    from_log = asyncio.run(recovered())
+    from_log = await recovered()
 
     def digest(run: rpb.GetRunResponse) -> dict[str, tuple[int, bytes, int]]:
         # Recovery expires every lease: what was RUNNING is READY again, at no retry cost.
@@ -172,7 +162,8 @@ def test_snapshot_plus_tail_equals_full_replay(tmp_path: Path) -> None:
     assert "late" in {n.id for n in live.nodes}
 
 
-def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/hg.db"
 
     async def before() -> tuple[str, list[rpb.RunEvent]]:
@@ -192,7 +183,7 @@ def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path)
             await client.close()
             return run_id, seen
 
-    run_id, seen = asyncio.run(before())
+    run_id, seen = await before()
 
     async def after() -> tuple[list[rpb.RunEvent], list[rpb.RunEvent]]:
         async with Coordinator(store_url=url) as c:
@@ -208,13 +199,14 @@ def test_watch_resumes_across_a_restart_without_gap_or_duplicate(tmp_path: Path)
             await client.close()
             return rest, full
 
-    rest, full = asyncio.run(after())
+    rest, full = await after()
     assert [e.seq for e in seen + rest] == [e.seq for e in full]
     assert [e.SerializeToString() for e in seen + rest] == [e.SerializeToString() for e in full]
     assert full[-1].run_ended.state == gpb.RUN_STATE_SUCCEEDED
 
 
-def test_snapshots_are_spaced_by_the_size_of_the_state(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_snapshots_are_spaced_by_the_size_of_the_state(tmp_path: Path) -> None:
     """A snapshot is taken after max(snapshot_every, 2 x nodes held) events: often while the
     state is small, rarely once it is large (a dump costs time in proportion to the state)."""
 
@@ -235,12 +227,13 @@ def test_snapshots_are_spaced_by_the_size_of_the_state(tmp_path: Path) -> None:
 
     # One run of 40 nodes: about 82 events, in 41 commits. A snapshot every 4 events would be
     # about 20 of them; scaled to the state, the first is due after 80 events.
-    assert asyncio.run(scenario(runs=1, nodes_per_run=40)) <= 1
+    assert await scenario(runs=1, nodes_per_run=40) <= 1
     # Ten runs of one node: about 40 events while the state grows from 1 to 10 nodes.
-    assert asyncio.run(scenario(runs=10, nodes_per_run=1)) >= 2
+    assert await scenario(runs=10, nodes_per_run=1) >= 2
 
 
-def test_calls_made_while_the_log_replays_wait_and_are_served(tmp_path: Path) -> None:
+@pytest.mark.asyncio
+async def test_calls_made_while_the_log_replays_wait_and_are_served(tmp_path: Path) -> None:
     """The port opens before recovery: health says NOT_SERVING, and a client call or a worker's
     Hello made meanwhile is answered once replay is done, instead of failing UNAVAILABLE."""
     url = f"sqlite:///{tmp_path}/hg.db"
@@ -252,7 +245,7 @@ def test_calls_made_while_the_log_replays_wait_and_are_served(tmp_path: Path) ->
             await client.close()
             return run_id
 
-    run_id = asyncio.run(first_life())
+    run_id = await first_life()
     entered, release = threading.Event(), threading.Event()
 
     async def second_life() -> None:
@@ -289,4 +282,4 @@ def test_calls_made_while_the_log_replays_wait_and_are_served(tmp_path: Path) ->
             await client.close()
         await c.stop()
 
-    asyncio.run(second_life())
+    await second_life()
