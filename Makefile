@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo        start a coordinator and workers in three languages, run a growing graph"
 	@echo "make test        every test tier (core, store, service, CLI, SDKs, conformance)"
-	@echo "make lint        ruff, mypy, buf lint/format, gofmt/go vet, tsc/biome"
+	@echo "make lint        ruff, mypy, buf lint/format/breaking, gofmt/go vet, tsc/biome"
 	@echo "make gen         regenerate the protocol stubs (Python, Go, TypeScript)"
 	@echo "make gen-check   fail if committed generated code differs from make gen"
 	@echo "make bench       the benchmark suite, with Ray and Dask side by side"
